@@ -1,0 +1,4 @@
+from rad_megatron.cli import main
+
+if __name__ == "__main__":  # guard: dist_checkpointing spawns a Manager that re-imports __main__
+    raise SystemExit(main())

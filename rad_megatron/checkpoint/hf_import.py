@@ -1,0 +1,22 @@
+"""Load a Hugging Face Llama (folder or GGUF) into a freshly built hybrid model at this rank's TP shard."""
+
+from __future__ import annotations
+
+import torch
+
+from rad_megatron.checkpoint.hf_llama import hf_to_mcore
+from rad_megatron.checkpoint.hf_source import HFSource
+from rad_megatron.checkpoint.shard import load_full_state_dict
+from rad_megatron.config import ModelConfig
+from rad_megatron.model import build_model
+
+
+def model_from_hf(source: HFSource, tp: int = 1, tp_rank: int = 0, dtype=torch.float32, layout=None):
+    """Build the Megatron model for `source`'s config and load its weights; returns (model, ModelConfig)."""
+    cfg = ModelConfig.from_hf(source.config())
+    if layout is not None:
+        cfg.layout = list(layout)
+        cfg.__post_init__()
+    model = build_model(cfg, tp=tp, dtype=dtype)
+    load_full_state_dict(model, hf_to_mcore(source.state_dict(), cfg), tp, tp_rank)
+    return model.eval(), cfg

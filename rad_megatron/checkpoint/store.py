@@ -1,0 +1,91 @@
+"""rad_megatron checkpoints: a Megatron `dist_checkpointing` folder (any TP on save, any TP on load) plus
+`rad_meta.json` (model config and layout, how each Mamba layer was initialised, the TP it was saved at).
+
+Writes are atomic: everything goes to a sibling temp folder that is renamed into place once complete, so a crash
+never leaves a half-written checkpoint under the final name, and an existing non-empty folder is only replaced with
+force=True.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from rad_megatron.config import ModelConfig
+from rad_megatron.errors import RadError
+
+META = "rad_meta.json"
+FORMAT_VERSION = 1
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _barrier():
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def check_writable(path: Path, force: bool) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise RadError(f"refusing to overwrite non-empty '{path}'; choose another --out or pass --force")
+
+
+def save_model(model, path, metadata: dict | None = None, force: bool = False, extra_state: dict | None = None):
+    """Save `model` (all TP ranks call this) to `path` atomically; `metadata` is merged into rad_meta.json."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    check_writable(path, force)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    sharded = model.sharded_state_dict()
+    if extra_state:
+        sharded.update(extra_state)
+    dist_checkpointing.save(sharded, str(tmp))
+    if _rank() == 0:
+        meta = {"format_version": FORMAT_VERSION, "model": model.rad_config.to_dict(), "saved_tp": model.rad_tp,
+                **(metadata or {})}
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+
+
+def read_meta(path) -> dict:
+    path = Path(path)
+    f = path / META
+    if not f.is_file():
+        raise RadError(f"'{path}' is not a rad_megatron checkpoint (no {META}); convert HF weights with rad convert")
+    return json.loads(f.read_text())
+
+
+def model_config(path) -> ModelConfig:
+    return ModelConfig.from_dict(read_meta(path)["model"])
+
+
+def load_model(path, tp: int = 1, dtype=torch.float32):
+    """Build the model recorded in `path` at TP size `tp` and load its weights (resharding if saved at another TP)."""
+    from megatron.core import dist_checkpointing
+
+    from rad_megatron.model import build_model
+
+    cfg = model_config(path)
+    model = build_model(cfg, tp=tp, dtype=dtype)
+    try:
+        state = dist_checkpointing.load(model.sharded_state_dict(), str(path))
+    except Exception as e:  # noqa: BLE001 - dist_checkpointing raises several types; name the cause in one line
+        raise RadError(f"cannot load checkpoint '{path}': {str(e).splitlines()[0][:300]}") from None
+    model.load_state_dict(state, strict=True)
+    model.rad_meta = read_meta(path)
+    return model

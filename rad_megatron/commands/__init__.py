@@ -1,0 +1,1 @@
+"""One module per `rad` command: argument namespace in, exit status out."""

@@ -1,0 +1,125 @@
+"""Distributed setup in one place: torchrun environment -> torch.distributed -> Megatron parallel state -> seeds.
+
+Only this module reads the launcher's environment; everything downstream receives a `DistContext`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+from rad_megatron.errors import RadError
+
+
+@dataclass
+class ParallelConfig:
+    """How one model replica is split over ranks."""
+
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size (1 for everything rad_megatron runs today)."""
+    seed: int = 1234
+    """Seed for weight init, dropout and sampling; identical on every rank so TP shards and DP replicas agree."""
+    timeout_minutes: int = 10
+    """Collective timeout: a dead rank fails the job within this bound instead of hanging it."""
+
+
+@dataclass
+class DistContext:
+    """What a rank knows about itself after `init_distributed`."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    tp: int
+    pp: int
+    dp: int
+    tp_rank: int
+    dp_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _launcher_env(env) -> tuple[int, int, int]:
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def launched_world_size(env=None) -> int:
+    """Number of ranks the launcher started (1 without a launcher)."""
+    return _launcher_env(os.environ if env is None else env)[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(parallel: ParallelConfig | None = None, env=None) -> DistContext:
+    """Initialise torch.distributed (NCCL on GPU, gloo on CPU), Megatron's TP/PP/DP groups and the seeds.
+
+    A plain `python -m rad_megatron ...` (no launcher) becomes a world of one, so every command runs the same way
+    single-process or under torchrun. Calling it again after `destroy_distributed` starts afresh.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    from rad_megatron.distributed.cpu import apply_cpu_shims, apply_no_te_shims
+
+    parallel = parallel or ParallelConfig()
+    env = os.environ if env is None else env
+    rank, world_size, local_rank = _launcher_env(env)
+    if world_size % (parallel.tp * parallel.pp):
+        raise RadError(f"parallel.tp={parallel.tp} x parallel.pp={parallel.pp} needs a multiple of "
+                       f"{parallel.tp * parallel.pp} ranks but {world_size} were launched; "
+                       f"launch with torchrun --nproc-per-node {parallel.tp * parallel.pp} (or a multiple)")
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        apply_cpu_shims()
+        device, backend = torch.device("cpu"), "gloo"
+    apply_no_te_shims()
+
+    if not torch.distributed.is_initialized():
+        timeout = datetime.timedelta(minutes=parallel.timeout_minutes)
+        if world_size == 1 and "MASTER_ADDR" not in env:
+            init_method = f"tcp://127.0.0.1:{_free_port()}"
+        else:
+            init_method = "env://"
+        torch.distributed.init_process_group(backend=backend, init_method=init_method, rank=rank,
+                                             world_size=world_size, timeout=timeout)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp,
+            distributed_timeout_minutes=parallel.timeout_minutes)
+    torch.manual_seed(parallel.seed)
+    model_parallel_cuda_manual_seed(parallel.seed)
+    return DistContext(
+        rank=rank, world_size=world_size, local_rank=local_rank, tp=parallel.tp, pp=parallel.pp,
+        dp=world_size // (parallel.tp * parallel.pp),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(), device=device, backend=backend)
+
+
+def destroy_distributed() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

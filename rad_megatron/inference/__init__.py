@@ -1,0 +1,1 @@
+"""Generation: greedy/sampled decoding and self-speculative decoding."""

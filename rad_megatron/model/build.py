@@ -1,0 +1,87 @@
+"""ModelConfig -> Megatron TransformerConfig -> HybridModel (local spec on CPU, TE spec where TE runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.hybrid.hybrid_model import HybridModel
+from megatron.core.transformer import TransformerConfig
+
+from rad_megatron.config import ModelConfig
+from rad_megatron.distributed.cpu import te_available
+from rad_megatron.errors import RadError
+from rad_megatron.model.layout import layout_to_pattern
+from rad_megatron.model.spec import hybrid_spec
+
+
+def padded_vocab_size(vocab_size: int, tp: int) -> int:
+    """VocabParallelEmbedding needs a vocabulary divisible by TP; padded rows are never predicted (sliced off)."""
+    return -(-vocab_size // tp) * tp
+
+
+def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, dtype=torch.float32) -> TransformerConfig:
+    m = cfg.mamba_shape()
+    return TransformerConfig(
+        num_layers=2 * cfg.num_layers, hidden_size=cfg.hidden_size, ffn_hidden_size=cfg.intermediate_size,
+        num_attention_heads=cfg.num_attention_heads, num_query_groups=cfg.num_kv_heads, kv_channels=cfg.kv_channels,
+        normalization="RMSNorm", layernorm_epsilon=cfg.rms_norm_eps, gated_linear_unit=True, activation_func=F.silu,
+        add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=False,
+        params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        use_cpu_initialization=True, persist_layer_norm=False, bias_dropout_fusion=False,
+        masked_softmax_fusion=False, apply_rope_fusion=False, gradient_accumulation_fusion=False,
+        mamba_state_dim=m.state_dim, mamba_head_dim=m.head_dim, mamba_num_groups=m.num_groups,
+        mamba_num_heads=m.num_heads, is_hybrid_model=True)
+
+
+def _mixer_params(cfg: ModelConfig) -> dict:
+    m = cfg.mamba_shape()
+    return {"d_xb": m.d_xb, "d_conv": m.d_conv, "chunk_size": m.chunk_size}
+
+
+def build_model(cfg: ModelConfig, tp: int = 1, dtype=torch.float32, use_te: bool | None = None,
+                device: torch.device | str = "cpu", pg_collection=None) -> HybridModel:
+    """Build this rank's shard of the hybrid model (Megatron parallel state must be initialised for `tp`).
+
+    Weights are random (seeded identically on every rank by init_distributed); load real ones with
+    rad_megatron.checkpoint. `model.rad_config` keeps the ModelConfig for everything downstream.
+    """
+    cfg.check_parallel(tp)
+    use_te = te_available() if use_te is None else use_te
+    spec = hybrid_spec(use_te)
+    spec.submodules.mamba_layer.submodules.mixer.params = _mixer_params(cfg)
+    tcfg = transformer_config(cfg, tp=tp, dtype=dtype)
+    model = HybridModel(
+        config=tcfg, hybrid_stack_spec=spec, vocab_size=padded_vocab_size(cfg.vocab_size, tp),
+        max_sequence_length=cfg.max_position_embeddings, hybrid_layer_pattern=layout_to_pattern(cfg.layout),
+        pre_process=True, post_process=True, parallel_output=True,
+        share_embeddings_and_output_weights=cfg.tie_word_embeddings, position_embedding_type="rope",
+        rotary_percent=1.0, rotary_base=int(cfg.rope_theta), pg_collection=pg_collection)
+    _apply_rope_scaling(model, cfg)
+    model.rad_config = cfg
+    model.rad_tp = tp
+    return model.to(device=device)
+
+
+def _apply_rope_scaling(model: HybridModel, cfg: ModelConfig) -> None:
+    """HybridModel builds RotaryEmbedding without Llama-3.1 scaling; scale its inverse frequencies here.
+
+    Megatron's RotaryEmbedding._apply_scaling is the HF "llama3" rule but its factors are only exposed as defaults;
+    we pass the checkpoint's own factors.
+    """
+    rs = cfg.rope_scaling
+    if rs is None:
+        return
+    rope = getattr(model, "rotary_pos_emb", None)
+    if rope is None:
+        raise RadError("model.rope_scaling is set but the model has no rotary embedding")
+    rope.inv_freq = rope._apply_scaling(
+        rope.inv_freq, factor=rs.factor, low_freq_factor=rs.low_freq_factor, high_freq_factor=rs.high_freq_factor,
+        original_max_position_embeddings=rs.original_max_position_embeddings)
+    rope.forward.cache_clear()
+
+
+def model_config_of(model) -> ModelConfig:
+    return dataclasses.replace(model.rad_config)

@@ -1,0 +1,26 @@
+"""Calling the HybridModel the way every rad_megatron component needs: token ids in, full-vocabulary logits out."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+
+def position_ids_for(input_ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    b, s = input_ids.shape
+    return torch.arange(offset, offset + s, device=input_ids.device).unsqueeze(0).expand(b, s)
+
+
+def forward_logits(model, input_ids: torch.Tensor, gather: bool = True, inference_context=None,
+                   attention_mask: torch.Tensor | None = None, position_offset: int = 0) -> torch.Tensor:
+    """[b, s] token ids -> logits [b, s, vocab] (gathered over TP) or this rank's vocab shard [b, s, V/tp].
+
+    With gather=True, vocabulary padding added for TP divisibility is removed. attention_mask=None means causal.
+    """
+    logits = model(input_ids=input_ids, position_ids=position_ids_for(input_ids, position_offset),
+                   attention_mask=attention_mask, inference_context=inference_context, runtime_gather_output=False)
+    if not gather:
+        return logits
+    if model.rad_tp > 1:
+        logits = gather_from_tensor_model_parallel_region(logits)
+    return logits[..., : model.rad_config.vocab_size]

@@ -1,0 +1,87 @@
+"""Shared by tests and by the worker scripts they launch with torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5)
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 32}
+
+# The variants the parity tests cover: GQA always; rope scaling on/off; tied and untied output layer.
+HF_VARIANTS = {
+    "gqa_untied": dict(tie_word_embeddings=False),
+    "gqa_tied": dict(tie_word_embeddings=True),
+    "gqa_rope_scaling": dict(tie_word_embeddings=False, rope_theta=500000.0, rope_scaling=LLAMA3_SCALING),
+    "mha_tied_scaling": dict(num_key_value_heads=4, tie_word_embeddings=True, rope_scaling=LLAMA3_SCALING),
+}
+
+
+def tiny_hf_llama(folder: Path, seed: int = 0, **overrides) -> Path:
+    """A random tiny transformers LlamaForCausalLM saved as an HF folder (safetensors + config.json)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(**{**TINY, **overrides})
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # HF inits norms to 1; random norms make the parity test see a misplaced norm
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+def hf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `script` under torchrun with `nproc` gloo ranks; fails the test with the output if any rank fails."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+           str(script), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun {script} failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+def rad(*args: str, nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the `rad` CLI (under torchrun when nproc > 1); returns the finished process whatever its exit code."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2")}
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+               f"--master-port={free_port()}", "-m", "rad_megatron", *args]
+    else:
+        cmd = [sys.executable, "-m", "rad_megatron", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def last_json(text: str) -> dict:
+    lines = [ln for ln in text.strip().splitlines() if ln.startswith("{")]
+    assert lines, f"no JSON line in output:\n{text[-3000:]}"
+    return json.loads(lines[-1])

@@ -1,0 +1,73 @@
+"""Each CPU shim: the Megatron call it replaces fails on CPU, and after the shim the call works and is right."""
+
+import pytest
+import torch
+
+from rad_megatron.distributed import cpu
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU shims are applied only without CUDA")
+
+
+def test_all_shims_applied_on_cpu(dist):
+    assert set(cpu._APPLIED) == set(cpu.CPU_SHIMS)
+
+
+def test_rng_tracker(dist):
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker, model_parallel_cuda_manual_seed
+
+    with pytest.raises(AssertionError, match="CUDA"):
+        cpu._ORIGINALS["rng_tracker"]().add("x", 1)
+    model_parallel_cuda_manual_seed(7)
+    tracker = get_cuda_rng_tracker()
+    assert isinstance(tracker, cpu.CPURNGStatesTracker)
+    outer = torch.get_rng_state()
+    states = tracker.get_states()
+    with tracker.fork():
+        a = torch.rand(4)
+    assert torch.equal(torch.get_rng_state(), outer), "fork must restore the outer generator state"
+    tracker.set_states(states)
+    with tracker.fork():
+        b = torch.rand(4)
+    assert torch.equal(a, b), "same tracked state must give the same numbers"
+    with tracker.fork():
+        c = torch.rand(4)
+    assert not torch.equal(b, c), "a fork must advance its own state"
+
+
+def test_current_device(dist):
+    with pytest.raises((AssertionError, RuntimeError)):
+        cpu._ORIGINALS["current_device"]()
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    emb = RotaryEmbedding(kv_channels=8, rotary_percent=1.0)
+    assert torch.cuda.current_device() == "cpu" and emb(5).device.type == "cpu"
+
+
+def test_causal_mask(dist):
+    from megatron.core.fusions import fused_softmax
+
+    with pytest.raises((AssertionError, RuntimeError)):
+        cpu._ORIGINALS["causal_mask"](3)
+    mask = fused_softmax.get_default_causal_mask(3)
+    assert torch.equal(mask, torch.tensor([[0, 1, 1], [0, 0, 1], [0, 0, 0]], dtype=torch.bool))
+
+
+def test_final_norm(dist):
+    from megatron.core.models.hybrid import hybrid_block
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    from rad_megatron.config import ModelConfig
+    from rad_megatron.model import build_model
+
+    with pytest.raises(Exception, match="Transformer Engine"):
+        cpu._ORIGINALS["final_norm"](config=None, hidden_size=8)
+    assert hybrid_block.TENorm is WrappedTorchNorm
+    model = build_model(ModelConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_layers=1,
+                                    num_attention_heads=2, num_kv_heads=1, rms_norm_eps=1e-6))
+    assert isinstance(model.decoder.final_norm, torch.nn.RMSNorm) and model.decoder.final_norm.eps == 1e-6
+
+
+def test_cuda_sync(dist):
+    with pytest.raises((AssertionError, RuntimeError)):
+        cpu._ORIGINALS["cuda_sync"]()
+    torch.cuda.synchronize()  # the shim: a no-op that dist_checkpointing's writer can call
