@@ -6,6 +6,7 @@ import torch
 
 from rad_megatron.checkpoint.hf_llama import hf_to_mcore
 from rad_megatron.checkpoint.hf_source import HFSource
+from rad_megatron.checkpoint.mil import config_from_mil, is_mil_folder, read_mil_config
 from rad_megatron.checkpoint.shard import load_full_state_dict
 from rad_megatron.config import ModelConfig
 from rad_megatron.model import build_model
@@ -13,7 +14,10 @@ from rad_megatron.model import build_model
 
 def model_from_hf(source: HFSource, tp: int = 1, tp_rank: int = 0, dtype=torch.float32, layout=None):
     """Build the Megatron model for `source`'s config and load its weights; returns (model, ModelConfig)."""
-    cfg = ModelConfig.from_hf(source.config())
+    if is_mil_folder(source.folder):
+        cfg = config_from_mil(source.config(), read_mil_config(source.folder))
+    else:
+        cfg = ModelConfig.from_hf(source.config())
     if layout is not None:
         cfg.layout = list(layout)
         cfg.__post_init__()

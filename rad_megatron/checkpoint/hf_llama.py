@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from rad_megatron.config import ATTENTION, ModelConfig
+from rad_megatron.checkpoint.mil import mamba_block_to_hf, mamba_block_to_mcore
+from rad_megatron.config import ATTENTION, MAMBA, ModelConfig
 
 HF_LAYER = "model.layers.{i}."
 MC_LAYER = "decoder.layers.{j}."
@@ -31,7 +32,7 @@ def split_qkv(qkv, n_heads: int, n_kv: int):
 
 
 def hf_to_mcore(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """HF Llama tensors -> Megatron names. Mamba blocks of a hybrid layout take their weights from `mil.py`."""
+    """HF Llama (or MIL hybrid) tensors -> Megatron names; Mamba blocks use the MIL key map (mil.py)."""
     out = {"embedding.word_embeddings.weight": hf["model.embed_tokens.weight"],
            "decoder.final_norm.weight": hf["model.norm.weight"]}
     if not cfg.tie_word_embeddings:
@@ -44,6 +45,8 @@ def hf_to_mcore(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torc
                 hf[src + "self_attn.q_proj.weight"], hf[src + "self_attn.k_proj.weight"],
                 hf[src + "self_attn.v_proj.weight"], cfg.num_attention_heads, cfg.num_kv_heads)
             out[mix + "self_attention.linear_proj.weight"] = hf[src + "self_attn.o_proj.weight"]
+        elif kind == MAMBA:
+            out.update(mamba_block_to_mcore(hf, i))
         out[mlp + "pre_mlp_layernorm.weight"] = hf[src + "post_attention_layernorm.weight"]
         out[mlp + "mlp.linear_fc1.weight"] = torch.cat([hf[src + "mlp.gate_proj.weight"],
                                                          hf[src + "mlp.up_proj.weight"]], dim=0)
@@ -52,7 +55,7 @@ def hf_to_mcore(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torc
 
 
 def mcore_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Inverse of hf_to_mcore for the attention and MLP parts (Mamba blocks: see mil.py)."""
+    """Inverse of hf_to_mcore (Mamba blocks written in the MIL format)."""
     out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"],
            "model.norm.weight": sd["decoder.final_norm.weight"]}
     if not cfg.tie_word_embeddings:
@@ -66,6 +69,8 @@ def mcore_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torc
             out[dst + "self_attn.q_proj.weight"], out[dst + "self_attn.k_proj.weight"] = q, k
             out[dst + "self_attn.v_proj.weight"] = v
             out[dst + "self_attn.o_proj.weight"] = sd[mix + "self_attention.linear_proj.weight"]
+        elif kind == MAMBA:
+            out.update(mamba_block_to_hf(sd, i))
         out[dst + "post_attention_layernorm.weight"] = sd[mlp + "pre_mlp_layernorm.weight"]
         gate, up = sd[mlp + "mlp.linear_fc1.weight"].chunk(2, dim=0)
         out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up

@@ -11,12 +11,22 @@ def position_ids_for(input_ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
     return torch.arange(offset, offset + s, device=input_ids.device).unsqueeze(0).expand(b, s)
 
 
+def causal_mask(sq: int, offset: int, device=None) -> torch.Tensor:
+    """[1, 1, sq, offset + sq] bool mask, True = masked: query i (at position offset + i) sees keys 0..offset + i."""
+    q = torch.arange(sq, device=device)[:, None] + offset
+    k = torch.arange(offset + sq, device=device)[None, :]
+    return (k > q)[None, None]
+
+
 def forward_logits(model, input_ids: torch.Tensor, gather: bool = True, inference_context=None,
                    attention_mask: torch.Tensor | None = None, position_offset: int = 0) -> torch.Tensor:
     """[b, s] token ids -> logits [b, s, vocab] (gathered over TP) or this rank's vocab shard [b, s, V/tp].
 
-    With gather=True, vocabulary padding added for TP divisibility is removed. attention_mask=None means causal.
+    With gather=True, vocabulary padding added for TP divisibility is removed. attention_mask=None means causal;
+    with a cache already holding `position_offset` tokens, several new tokens get the offset causal mask.
     """
+    if attention_mask is None and inference_context is not None and position_offset > 0 and input_ids.shape[1] > 1:
+        attention_mask = causal_mask(input_ids.shape[1], position_offset, input_ids.device)
     logits = model(input_ids=input_ids, position_ids=position_ids_for(input_ids, position_offset),
                    attention_mask=attention_mask, inference_context=inference_context, runtime_gather_output=False)
     if not gather:
