@@ -34,11 +34,33 @@ def _add_generate(sub):
     p.set_defaults(run="rad_megatron.commands.generate:run")
 
 
+def _add_swap(sub):
+    p = sub.add_parser("swap", help="replace attention layers with Mamba-2 layers (mil | rad_zero | random init)")
+    p.add_argument("--ckpt", default=None, help="rad_megatron checkpoint to start from")
+    p.add_argument("--hf", default=None, help="or an HF Llama / MIL folder or .gguf to start from")
+    p.add_argument("--layers", required=True, help="comma-separated layer indices, e.g. 3,7,12")
+    p.add_argument("--init", default="rad_zero", choices=["mil", "rad_zero", "random"])
+    p.add_argument("--out", required=True, help="output checkpoint folder (must be new or empty)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the new layers' default init")
+    p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: the launched world size)")
+    p.set_defaults(run="rad_megatron.commands.swap:run")
+
+
+def _add_convert(sub):
+    p = sub.add_parser("convert", help="HF Llama / MIL hybrid / GGUF -> rad_megatron checkpoint")
+    p.add_argument("--hf", default=None, help="HF folder or .gguf (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--out", required=True, help="output checkpoint folder (must be new or empty)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: the launched world size)")
+    p.set_defaults(run="rad_megatron.commands.convert:run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rad", description="Redundancy-Aware Distillation on Megatron-Core")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and info logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_verify, _add_generate):
+    for add in (_add_verify, _add_generate, _add_swap, _add_convert):
         add(sub)
     return parser
 
