@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rad", description="Redundancy-Aware Distillation on Megatron-Core")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and info logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_verify, _add_generate, _add_swap, _add_convert):
+    from rad_megatron.commands.probe import add_parser as _add_probe  # noqa: E402  (keeps cli.py small)
+
+    for add in (_add_verify, _add_generate, _add_swap, _add_convert, _add_probe):
         add(sub)
     return parser
 

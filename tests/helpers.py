@@ -28,8 +28,19 @@ HF_VARIANTS = {
 }
 
 
+def tiny_tokenizer(vocab_size: int = 128):
+    """A character-level tokenizer over ASCII (id = code point), eos = id 2, so tiny models can take real text."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({chr(i): i for i in range(vocab_size)}, unk_token=chr(0)))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=chr(2), unk_token=chr(0), pad_token=chr(0))
+
+
 def tiny_hf_llama(folder: Path, seed: int = 0, **overrides) -> Path:
-    """A random tiny transformers LlamaForCausalLM saved as an HF folder (safetensors + config.json)."""
+    """A random tiny transformers LlamaForCausalLM with a char-level tokenizer, saved as an HF folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -40,6 +51,7 @@ def tiny_hf_llama(folder: Path, seed: int = 0, **overrides) -> Path:
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
     model.save_pretrained(folder)
+    tiny_tokenizer(cfg.vocab_size).save_pretrained(folder)
     return folder
 
 

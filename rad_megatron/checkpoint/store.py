@@ -35,8 +35,10 @@ def check_writable(path: Path, force: bool) -> None:
         raise RadError(f"refusing to overwrite non-empty '{path}'; choose another --out or pass --force")
 
 
-def save_model(model, path, metadata: dict | None = None, force: bool = False, extra_state: dict | None = None):
-    """Save `model` (all TP ranks call this) to `path` atomically; `metadata` is merged into rad_meta.json."""
+def save_model(model, path, metadata: dict | None = None, force: bool = False, extra_state: dict | None = None,
+               tokenizer=None):
+    """Save `model` (all TP ranks call this) to `path` atomically; `metadata` is merged into rad_meta.json and the
+    tokenizer (if given) is saved under `path/tokenizer`, so a checkpoint is self-contained."""
     from megatron.core import dist_checkpointing
 
     path = Path(path)
@@ -54,6 +56,8 @@ def save_model(model, path, metadata: dict | None = None, force: bool = False, e
         meta = {"format_version": FORMAT_VERSION, "model": model.rad_config.to_dict(), "saved_tp": model.rad_tp,
                 **(metadata or {})}
         (tmp / META).write_text(json.dumps(meta, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "tokenizer")
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             path.rename(old)
@@ -89,3 +93,12 @@ def load_model(path, tp: int = 1, dtype=torch.float32):
     model.load_state_dict(state, strict=True)
     model.rad_meta = read_meta(path)
     return model
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    folder = Path(path) / "tokenizer"
+    if not folder.is_dir():
+        raise RadError(f"checkpoint '{path}' has no tokenizer/ folder; re-create it with rad convert")
+    return AutoTokenizer.from_pretrained(folder)

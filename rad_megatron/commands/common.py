@@ -32,3 +32,26 @@ def resolve_on_main_first(path):
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         source = resolve(path)
     return source
+
+
+def load_model_and_tokenizer(args, ctx):
+    """The model of --ckpt (a rad_megatron checkpoint) or --hf (HF Llama / MIL folder or GGUF), and its tokenizer."""
+    from rad_megatron.errors import RadError
+
+    ckpt, hf = getattr(args, "ckpt", None), getattr(args, "hf", None)
+    if ckpt and hf:
+        raise RadError("give either --ckpt or --hf, not both")
+    if ckpt:
+        from rad_megatron.checkpoint.store import load_model, load_tokenizer, read_meta
+
+        model = load_model(ckpt, tp=ctx.tp)
+        model.rad_meta = read_meta(ckpt)
+        return model.eval(), load_tokenizer(ckpt)
+    from transformers import AutoTokenizer
+
+    from rad_megatron.checkpoint.hf_import import model_from_hf
+
+    source = resolve_on_main_first(hf)
+    model, _ = model_from_hf(source, tp=ctx.tp, tp_rank=ctx.tp_rank)
+    model.rad_meta = {"source": str(source.folder)}
+    return model, AutoTokenizer.from_pretrained(source.folder)

@@ -16,8 +16,10 @@ def run(args) -> int:
     ctx = start(args.tp)
     source = resolve_on_main_first(args.hf)
     model, cfg = model_from_hf(source, tp=ctx.tp, tp_rank=ctx.tp_rank)
-    save_model(model, out, force=args.force, metadata={"source": str(source.folder),
-                                                       "mamba_init": {str(b): "imported" for b in cfg.mamba_layers}})
+    from transformers import AutoTokenizer
+
+    save_model(model, out, force=args.force, tokenizer=AutoTokenizer.from_pretrained(source.folder),
+               metadata={"source": str(source.folder), "mamba_init": {str(b): "imported" for b in cfg.mamba_layers}})
     if ctx.is_main:
         print(f"wrote {out} ({cfg.num_layers} layers, saved at TP={ctx.tp})")
     return 0

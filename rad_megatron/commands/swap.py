@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rad_megatron.commands.common import resolve_on_main_first, start
+from rad_megatron.commands.common import load_model_and_tokenizer, start
 from rad_megatron.errors import RadError
 
 
@@ -15,20 +15,6 @@ def parse_layers(text: str) -> list[int]:
         raise RadError(f"--layers '{text}' must be comma-separated layer indices, e.g. 3,7,12") from None
 
 
-def load_source(args, ctx):
-    """The model to start from: a rad checkpoint (--ckpt) or an HF Llama / MIL folder or GGUF (--hf)."""
-    if bool(args.ckpt) == bool(args.hf):
-        raise RadError("give exactly one of --ckpt (a rad_megatron checkpoint) or --hf (an HF folder or .gguf)")
-    if args.ckpt:
-        from rad_megatron.checkpoint.store import load_model, read_meta
-
-        model = load_model(args.ckpt, tp=ctx.tp)
-        model.rad_swaps = read_meta(args.ckpt).get("swaps", [])
-        return model, {"source": str(args.ckpt)}
-    from rad_megatron.checkpoint.hf_import import model_from_hf
-
-    source = resolve_on_main_first(args.hf)
-    return model_from_hf(source, tp=ctx.tp, tp_rank=ctx.tp_rank)[0], {"source": str(source.folder)}
 
 
 def run(args) -> int:
@@ -39,11 +25,15 @@ def run(args) -> int:
     out = Path(args.out)
     check_writable(out, args.force)  # before any work: nothing is written on bad input
     ctx = start(args.tp, seed=args.seed)
-    model, meta = load_source(args, ctx)
+    if bool(args.ckpt) == bool(args.hf):
+        raise RadError("give exactly one of --ckpt (a rad_megatron checkpoint) or --hf (an HF folder or .gguf)")
+    model, tokenizer = load_model_and_tokenizer(args, ctx)
+    model.rad_swaps = model.rad_meta.get("swaps", [])
+    meta = {"source": str(args.ckpt or model.rad_meta["source"])}
     swapped = swap_attention_to_mamba(model, layers, init=args.init, seed=args.seed)
     mamba_init = dict(getattr(model, "rad_meta", {}).get("mamba_init", {}))
     mamba_init.update({str(b): args.init for b in layers})
-    save_model(swapped, out, force=args.force,
+    save_model(swapped, out, force=args.force, tokenizer=tokenizer,
                metadata={**meta, "swaps": swapped.rad_swaps, "mamba_init": mamba_init})
     if ctx.is_main:
         print(f"wrote {out}: layout {''.join('M' if k == 'mamba' else '*' for k in swapped.rad_config.layout)} "

@@ -1,0 +1,1 @@
+"""Data: prompt files, datasets, chat formatting and packing."""
