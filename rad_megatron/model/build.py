@@ -62,6 +62,7 @@ def build_model(cfg: ModelConfig, tp: int = 1, dtype=torch.float32, use_te: bool
     _apply_rope_scaling(model, cfg)
     model.rad_config = cfg
     model.rad_tp = tp
+    model.rad_tp_group = model.pg_collection.tp  # the teacher's own group when it runs on separate ranks
     return model.to(device=device)
 
 

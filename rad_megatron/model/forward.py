@@ -32,5 +32,5 @@ def forward_logits(model, input_ids: torch.Tensor, gather: bool = True, inferenc
     if not gather:
         return logits
     if model.rad_tp > 1:
-        logits = gather_from_tensor_model_parallel_region(logits)
+        logits = gather_from_tensor_model_parallel_region(logits, group=model.rad_tp_group)
     return logits[..., : model.rad_config.vocab_size]

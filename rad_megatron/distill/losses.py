@@ -1,0 +1,126 @@
+"""Distillation losses on vocab-parallel student logits [b, s, V/tp] (each TP rank holds a contiguous vocab shard).
+
+Teacher targets arrive as top-k log-probabilities at temperature T over the full vocabulary (values [b, s, k],
+indices [b, s, k]); k = V is the full distribution. The tail (the vocabulary outside the top-k) is one extra bucket
+on both sides: p_tail = 1 - sum(p_topk), q_tail = 1 - sum(q_topk), so
+    FKL_k = sum_topk p (log p - log q) + p_tail (log p_tail - log q_tail)
+which equals the full forward KL when k = V (tail 0) and otherwise lower-bounds it (coarse-graining). Reverse KL is the
+same with p and q swapped. KL terms are scaled by T^2 (gradient magnitude independent of T). Reduction: mean over
+unmasked tokens (MIL normalises by batch instead; per-token keeps the LR independent of sequence length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+_EPS = 1e-12
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """all-reduce whose backward passes the gradient through unchanged (every rank holds the same loss)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.clone()
+        if group is not None and dist.get_world_size(group) > 1:
+            dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def all_reduce_sum(x, group):
+    return _AllReduceSum.apply(x, group)
+
+
+def vocab_parallel_log_softmax(logits: torch.Tensor, group, temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax over the full vocabulary of a vocab-sharded [.., V/tp] tensor; returns the local shard."""
+    z = logits.float() / temperature
+    zmax = z.detach().max(-1, keepdim=True).values
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(zmax, op=dist.ReduceOp.MAX, group=group)
+    sumexp = all_reduce_sum((z - zmax).exp().sum(-1, keepdim=True), group)
+    return z - zmax - sumexp.log()
+
+
+def gather_at(local: torch.Tensor, indices: torch.Tensor, group, vocab_start: int) -> torch.Tensor:
+    """Full-vocabulary `indices` [.., k] looked up in a vocab-sharded tensor [.., V/tp] (all-reduced)."""
+    width = local.shape[-1]
+    rel = indices - vocab_start
+    mine = (rel >= 0) & (rel < width)
+    vals = local.gather(-1, rel.clamp(0, width - 1)) * mine
+    return all_reduce_sum(vals, group)
+
+
+def _with_tail(logp_topk: torch.Tensor):
+    """Probabilities of the top-k plus the tail bucket, and their logs, [.., k+1]."""
+    p = logp_topk.exp()
+    tail = (1.0 - p.sum(-1, keepdim=True)).clamp_min(0.0)
+    probs = torch.cat([p, tail], -1)
+    logs = torch.cat([logp_topk, tail.clamp_min(_EPS).log()], -1)
+    return probs, logs
+
+
+def topk_kl(student_logp_local, teacher_logp_topk, teacher_idx, group, vocab_start, reverse=False):
+    """Per-token KL [b, s] (forward: KL(teacher || student); reverse: KL(student || teacher)) on top-k + tail."""
+    q_logp = gather_at(student_logp_local, teacher_idx, group, vocab_start)
+    p, logp = _with_tail(teacher_logp_topk.float())
+    q, logq = _with_tail(q_logp)
+    if reverse:
+        return (q * (logq - logp)).sum(-1)
+    return (p * (logp - logq)).sum(-1)
+
+
+def full_kl(student_logp_local, teacher_logp_local, group, reverse=False):
+    """Per-token KL [b, s] with both distributions vocab-sharded the same way (reference / full-vocab path)."""
+    p, q = teacher_logp_local, student_logp_local
+    if reverse:
+        p, q = q, p
+    return all_reduce_sum((p.exp() * (p - q)).sum(-1), group)
+
+
+@dataclass
+class LossWeights:
+    """loss = fkl * FKL_T + rkl * RKL_T + ce * CE(labels); KL terms are scaled by T^2."""
+
+    fkl: float = 1.0
+    """Weight of forward KL(teacher || student)."""
+    rkl: float = 0.0
+    """Weight of reverse KL(student || teacher)."""
+    ce: float = 0.0
+    """Weight of cross-entropy on the data labels."""
+    temperature: float = 1.0
+    """Softmax temperature of both teacher and student inside the KL terms."""
+
+
+def distill_loss(student_logits_local, teacher_logp, teacher_idx, labels, loss_mask, weights: LossWeights, group,
+                 vocab_start: int) -> tuple[torch.Tensor, dict]:
+    """Mean over unmasked tokens of the weighted mix; returns (loss, per-term floats for logging).
+
+    teacher_idx None means teacher_logp is the full (vocab-sharded, same layout as the student) distribution.
+    """
+    T = weights.temperature
+    logq = vocab_parallel_log_softmax(student_logits_local, group, T)
+    mask = loss_mask.float()
+    denom = mask.sum().clamp_min(1.0)
+    terms, total = {}, 0.0
+    for name, w, rev in (("fkl", weights.fkl, False), ("rkl", weights.rkl, True)):
+        if w:
+            kl = topk_kl(logq, teacher_logp, teacher_idx, group, vocab_start, rev) if teacher_idx is not None \
+                else full_kl(logq, teacher_logp, group, rev)
+            term = (kl * mask).sum() / denom
+            total = total + w * T * T * term
+            terms[name] = term.item()
+    if weights.ce:
+        ce = vocab_parallel_cross_entropy(student_logits_local.float().transpose(0, 1).contiguous(),
+                                          labels.transpose(0, 1).contiguous(), tp_group=group).transpose(0, 1)
+        term = (ce * mask).sum() / denom
+        total = total + weights.ce * term
+        terms["ce"] = term.item()
+    return total, terms
