@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from rad_megatron.commands.probe import add_parser as _add_probe  # noqa: E402  (keeps cli.py small)
 
-    for add in (_add_verify, _add_generate, _add_swap, _add_convert, _add_probe):
+    from rad_megatron.commands.distill import add_parsers as _add_distill
+
+    for add in (_add_verify, _add_generate, _add_swap, _add_convert, _add_probe, _add_distill):
         add(sub)
     return parser
 

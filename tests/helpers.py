@@ -36,7 +36,10 @@ def tiny_tokenizer(vocab_size: int = 128):
     tok = Tokenizer(models.WordLevel({chr(i): i for i in range(vocab_size)}, unk_token=chr(0)))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=chr(2), unk_token=chr(0), pad_token=chr(0))
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=chr(2), unk_token=chr(0), pad_token=chr(0))
+    out.chat_template = ("{% for m in messages %}{{ '<' + m['role'] + '>' + m['content'] + '\x02' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ '<assistant>' }}{% endif %}")
+    return out
 
 
 def tiny_hf_llama(folder: Path, seed: int = 0, **overrides) -> Path:

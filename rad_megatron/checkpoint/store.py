@@ -36,22 +36,28 @@ def check_writable(path: Path, force: bool) -> None:
 
 
 def save_model(model, path, metadata: dict | None = None, force: bool = False, extra_state: dict | None = None,
-               tokenizer=None):
+               tokenizer=None, per_rank_state: dict | None = None, per_rank_name: str | None = None):
     """Save `model` (all TP ranks call this) to `path` atomically; `metadata` is merged into rad_meta.json and the
     tokenizer (if given) is saved under `path/tokenizer`, so a checkpoint is self-contained."""
     from megatron.core import dist_checkpointing
 
     path = Path(path)
-    check_writable(path, force)
+    if model is not None:
+        check_writable(path, force)
     tmp = path.with_name(f".{path.name}.tmp")
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    sharded = model.sharded_state_dict()
+    # Ranks without a model (a distillation teacher) still take part: dist_checkpointing.save is collective.
+    sharded = model.sharded_state_dict() if model is not None else {}
     if extra_state:
         sharded.update(extra_state)
     dist_checkpointing.save(sharded, str(tmp))
+    if per_rank_state is not None:
+        (tmp / "train_state").mkdir(exist_ok=True)
+        torch.save(per_rank_state, tmp / "train_state" / f"{per_rank_name}.pt")
+    _barrier()
     if _rank() == 0:
         meta = {"format_version": FORMAT_VERSION, "model": model.rad_config.to_dict(), "saved_tp": model.rad_tp,
                 **(metadata or {})}
@@ -78,7 +84,7 @@ def model_config(path) -> ModelConfig:
     return ModelConfig.from_dict(read_meta(path)["model"])
 
 
-def load_model(path, tp: int = 1, dtype=torch.float32):
+def load_model(path, tp: int = 1, dtype=torch.float32, process_group=None):
     """Build the model recorded in `path` at TP size `tp` and load its weights (resharding if saved at another TP)."""
     from megatron.core import dist_checkpointing
 
@@ -87,7 +93,7 @@ def load_model(path, tp: int = 1, dtype=torch.float32):
     cfg = model_config(path)
     model = build_model(cfg, tp=tp, dtype=dtype)
     try:
-        state = dist_checkpointing.load(model.sharded_state_dict(), str(path))
+        state = dist_checkpointing.load(model.sharded_state_dict(), str(path), process_group=process_group)
     except Exception as e:  # noqa: BLE001 - dist_checkpointing raises several types; name the cause in one line
         raise RadError(f"cannot load checkpoint '{path}': {str(e).splitlines()[0][:300]}") from None
     model.load_state_dict(state, strict=True)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 _EPS = 1e-12
 
@@ -35,17 +34,43 @@ class _AllReduceSum(torch.autograd.Function):
         return g, None
 
 
+class _AllReduceSumBothWays(torch.autograd.Function):
+    """all-reduce forward and backward: for a global quantity (the softmax normaliser) that each rank then uses on
+    its own vocabulary shard, so every rank's share of dL/d(sum) must be added up."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        x = x.clone()
+        if group is not None and dist.get_world_size(group) > 1:
+            dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone()
+        if ctx.group is not None and dist.get_world_size(ctx.group) > 1:
+            dist.all_reduce(g, group=ctx.group)
+        return g, None
+
+
 def all_reduce_sum(x, group):
+    """Partial sums -> the replicated total, for terms whose downstream use is identical on every rank."""
     return _AllReduceSum.apply(x, group)
 
 
-def vocab_parallel_log_softmax(logits: torch.Tensor, group, temperature: float = 1.0) -> torch.Tensor:
-    """log_softmax over the full vocabulary of a vocab-sharded [.., V/tp] tensor; returns the local shard."""
+def vocab_parallel_log_softmax(logits: torch.Tensor, group, temperature: float = 1.0, vocab_start: int = 0,
+                               vocab_size: int | None = None) -> torch.Tensor:
+    """log_softmax over the full vocabulary of a vocab-sharded [.., V/tp] tensor; returns the local shard.
+    Columns at or past `vocab_size` (padding added for TP divisibility) get probability 0."""
     z = logits.float() / temperature
+    if vocab_size is not None and vocab_start + z.shape[-1] > vocab_size:
+        pad = torch.arange(vocab_start, vocab_start + z.shape[-1], device=z.device) >= vocab_size
+        z = z.masked_fill(pad, -1e30)
     zmax = z.detach().max(-1, keepdim=True).values
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(zmax, op=dist.ReduceOp.MAX, group=group)
-    sumexp = all_reduce_sum((z - zmax).exp().sum(-1, keepdim=True), group)
+    sumexp = _AllReduceSumBothWays.apply((z - zmax).exp().sum(-1, keepdim=True), group)
     return z - zmax - sumexp.log()
 
 
@@ -100,13 +125,13 @@ class LossWeights:
 
 
 def distill_loss(student_logits_local, teacher_logp, teacher_idx, labels, loss_mask, weights: LossWeights, group,
-                 vocab_start: int) -> tuple[torch.Tensor, dict]:
+                 vocab_start: int, vocab_size: int | None = None) -> tuple[torch.Tensor, dict]:
     """Mean over unmasked tokens of the weighted mix; returns (loss, per-term floats for logging).
 
     teacher_idx None means teacher_logp is the full (vocab-sharded, same layout as the student) distribution.
     """
     T = weights.temperature
-    logq = vocab_parallel_log_softmax(student_logits_local, group, T)
+    logq = vocab_parallel_log_softmax(student_logits_local, group, T, vocab_start, vocab_size)
     mask = loss_mask.float()
     denom = mask.sum().clamp_min(1.0)
     terms, total = {}, 0.0
@@ -117,9 +142,10 @@ def distill_loss(student_logits_local, teacher_logp, teacher_idx, labels, loss_m
             term = (kl * mask).sum() / denom
             total = total + w * T * T * term
             terms[name] = term.item()
-    if weights.ce:
-        ce = vocab_parallel_cross_entropy(student_logits_local.float().transpose(0, 1).contiguous(),
-                                          labels.transpose(0, 1).contiguous(), tp_group=group).transpose(0, 1)
+    if weights.ce:  # from the same padding-aware vocab-parallel log-softmax, at temperature 1
+        logq1 = logq if T == 1.0 else vocab_parallel_log_softmax(student_logits_local, group, 1.0, vocab_start,
+                                                                 vocab_size)
+        ce = -gather_at(logq1, labels.unsqueeze(-1), group, vocab_start).squeeze(-1)
         term = (ce * mask).sum() / denom
         total = total + weights.ce * term
         terms["ce"] = term.item()

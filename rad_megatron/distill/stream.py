@@ -1,0 +1,143 @@
+"""Teacher -> student logit stream over torch.distributed point-to-point, pipelined.
+
+Both sides walk the same deterministic schedule of micro-batches (the `Schedule` below). For each micro-batch of a
+student replica, the serving teacher computes log-probabilities at temperature T over the full vocabulary, keeps the
+top-k (or all of them), and sends [header, values(, indices)] to every TP rank of that replica. The header carries the
+schedule position and a checksum of the input ids the teacher used, and the student refuses a mismatch.
+
+Overlap: the student keeps `lookahead` receives posted ahead of the micro-batch it is computing, and the teacher keeps
+at most `lookahead` sends per destination in flight, so the teacher runs up to `lookahead` micro-batches ahead and
+neither side waits while the other computes (as long as its own step is the slower one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from rad_megatron.errors import RadError
+from rad_megatron.model.forward import forward_logits
+
+HEADER = 5  # [step, micro, checksum, teacher_nll_sum, teacher_tokens]
+
+
+@dataclass
+class StreamConfig:
+    """What the teacher sends."""
+
+    top_k: int = 64
+    """Top-k log-probabilities per token; 0 sends the whole vocabulary."""
+    lookahead: int = 2
+    """Micro-batches the teacher may run ahead of the student."""
+    temperature: float = 1.0
+    """Temperature of the teacher's log-softmax (the student's KL uses the same)."""
+
+
+def checksum(ids: torch.Tensor) -> float:
+    """Order-sensitive fingerprint of a batch of token ids, exact in float64 (< 2^52)."""
+    flat = ids.reshape(-1).long()
+    pos = torch.arange(1, flat.numel() + 1)
+    return float(((flat * pos).sum().item() * 1000003 + flat.sum().item()) % (1 << 52))
+
+
+def message_shapes(batch: int, seq: int, vocab: int, k: int):
+    width = k if k else vocab
+    return [(HEADER,), (batch, seq, width)] + ([(batch, seq, k)] if k else [])
+
+
+def message_bytes(batch, seq, vocab, k) -> int:
+    return HEADER * 8 + batch * seq * (k if k else vocab) * 4 + (batch * seq * k * 4 if k else 0)
+
+
+@torch.no_grad()
+def teacher_targets(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig):
+    """(values, indices or None, nll_sum, tokens) of one micro-batch (full-vocabulary logits gathered over TP)."""
+    logits = forward_logits(model, ids).float()
+    logp = torch.log_softmax(logits / cfg.temperature, -1)
+    logp1 = logp if cfg.temperature == 1.0 else torch.log_softmax(logits, -1)
+    nll = -(logp1.gather(-1, labels.unsqueeze(-1)).squeeze(-1) * mask).sum().item()
+    if cfg.top_k:
+        vals, idx = logp.topk(cfg.top_k, dim=-1)
+        return vals.contiguous(), idx.int().contiguous(), nll, mask.sum().item()
+    return logp.contiguous(), None, nll, mask.sum().item()
+
+
+class TeacherSender:
+    """Teacher TP-rank 0: sends each message to its destinations, with bounded sends in flight."""
+
+    def __init__(self, cfg: StreamConfig):
+        self.cfg = cfg
+        self.inflight: deque = deque()
+        self.wait_s = 0.0
+        self.bytes_sent = 0
+
+    def send(self, dests: list[int], step: int, micro: int, ids, vals, idx, nll: float, tokens: float):
+        header = torch.tensor([step, micro, checksum(ids), nll, tokens], dtype=torch.float64)
+        tensors = [header, vals] + ([idx] if idx is not None else [])
+        for dst in dests:
+            works = [dist.isend(t, dst=dst, tag=j) for j, t in enumerate(tensors)]
+            self.inflight.append((works, tensors))
+            self.bytes_sent += sum(t.numel() * t.element_size() for t in tensors)
+        limit = self.cfg.lookahead * max(len(dests), 1)
+        while len(self.inflight) > limit:
+            self._wait_oldest()
+
+    def _wait_oldest(self):
+        works, _ = self.inflight.popleft()
+        t0 = time.perf_counter()
+        for w in works:
+            w.wait()
+        self.wait_s += time.perf_counter() - t0
+
+    def flush(self):
+        while self.inflight:
+            self._wait_oldest()
+
+
+class StudentReceiver:
+    """A student rank: keeps `lookahead` receives posted from its teacher and checks each against its own batch."""
+
+    def __init__(self, src: int, vocab: int, cfg: StreamConfig, expected: list[tuple[int, int, int, int]]):
+        self.src, self.cfg, self.vocab = src, cfg, vocab
+        self.expected = deque(expected)  # (step, micro, batch, seq) in the order this rank consumes them
+        self.to_post = deque(expected)
+        self.posted: deque = deque()
+        self.wait_s = 0.0
+        self.bytes_received = 0
+        for _ in range(cfg.lookahead):
+            self._post()
+
+    def _post(self):
+        if not self.to_post:
+            return
+        _, _, batch, seq = self.to_post.popleft()
+        dtypes = [torch.float64, torch.float32, torch.int32]
+        bufs = [torch.empty(s, dtype=d) for s, d in zip(message_shapes(batch, seq, self.vocab, self.cfg.top_k), dtypes)]
+        works = [dist.irecv(b, src=self.src, tag=j) for j, b in enumerate(bufs)]
+        self.posted.append((works, bufs))
+
+    def receive(self, step: int, micro: int, ids: torch.Tensor):
+        """(values, int64 indices or None, teacher nll sum, teacher tokens) for this micro-batch."""
+        if not self.posted:
+            self._post()
+        works, bufs = self.posted.popleft()
+        t0 = time.perf_counter()
+        for w in works:
+            w.wait()
+        self.wait_s += time.perf_counter() - t0
+        exp = self.expected.popleft()[:2]
+        self._post()
+        header = bufs[0]
+        got = (int(header[0]), int(header[1]))
+        if got != (step, micro) or exp != (step, micro):
+            raise RadError(f"teacher stream out of order: got step/micro {got}, expected {(step, micro)}")
+        if header[2].item() != checksum(ids):
+            raise RadError(f"teacher stream data mismatch at step {step} micro {micro}: the teacher saw different "
+                           f"tokens (check that both sides use the same data, seed and batch settings)")
+        self.bytes_received += sum(b.numel() * b.element_size() for b in bufs)
+        idx = bufs[2].long() if len(bufs) > 2 else None
+        return bufs[1], idx, float(header[3]), float(header[4])

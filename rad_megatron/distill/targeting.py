@@ -1,0 +1,54 @@
+"""Which parameters train: parameter groups by module path, and the stage schedule (MIL trains the new layers
+first, then more)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rad_megatron.config import MAMBA
+from rad_megatron.errors import RadError
+from rad_megatron.model.layout import mixer_layer_index, mlp_layer_index
+
+GROUPS = ("new_mamba", "all_mamba", "mamba_mlp", "all")
+
+
+@dataclass
+class Stage:
+    """One training stage."""
+
+    name: str = "stage1"
+    """Label in logs."""
+    trainable: str = "new_mamba"
+    """new_mamba (the layers swapped in this run; RAD's default) | all_mamba | mamba_mlp (Mamba layers and their
+    MLPs) | all."""
+    steps: int = 10
+    """Optimizer steps of this stage."""
+    lr: float = 1e-3
+    """Peak learning rate (warmup then cosine to min_lr_ratio * lr within the stage)."""
+
+
+def trainable_prefixes(cfg, group: str, new_layers: list[int]) -> list[str] | None:
+    """Module-path prefixes of the trainable parameters; None means everything."""
+    if group not in GROUPS:
+        raise RadError(f"distill stage trainable='{group}' is not one of {', '.join(GROUPS)}")
+    if group == "all":
+        return None
+    mamba = [b for b in cfg.mamba_layers]
+    blocks = [b for b in new_layers if cfg.layout[b] == MAMBA] if group == "new_mamba" else mamba
+    if not blocks:
+        raise RadError(f"trainable='{group}' selects no layer (Mamba layers: {mamba}, new: {new_layers})")
+    prefixes = [f"decoder.layers.{mixer_layer_index(b)}." for b in blocks]
+    if group == "mamba_mlp":
+        prefixes += [f"decoder.layers.{mlp_layer_index(b)}." for b in blocks]
+    return prefixes
+
+
+def apply_targeting(model, group: str, new_layers: list[int]) -> list:
+    """Set requires_grad by group; returns the trainable parameters (in a fixed order)."""
+    prefixes = trainable_prefixes(model.rad_config, group, new_layers)
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(prefixes is None or name.startswith(tuple(prefixes)))
+        if p.requires_grad:
+            params.append(p)
+    return params

@@ -1,0 +1,364 @@
+"""Targeted distillation, student and teacher side of one run.
+
+Student ranks: forward on vocab-parallel logits, receive the teacher's top-k, TP-aware loss, average gradients over
+data-parallel replicas, clip (TP-aware norm), AdamW with warmup + cosine per stage, log, evaluate held-out KL and
+perplexity, and checkpoint atomically (model via dist_checkpointing; optimizer, schedule, sampler and RNG per TP rank).
+Teacher ranks: walk the same schedule and serve each micro-batch to the replicas they teach.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rad_megatron.data.datasets import ResumableSampler
+from rad_megatron.distill.losses import LossWeights, distill_loss
+from rad_megatron.distill.schedule import events, replica_slice
+from rad_megatron.distill.stream import StreamConfig, StudentReceiver, TeacherSender, teacher_targets
+from rad_megatron.distill.targeting import Stage, apply_targeting
+from rad_megatron.errors import RadError
+from rad_megatron.model.forward import position_ids_for
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule (applied per stage)."""
+
+    weight_decay: float = 0.0
+    """MIL trains the new layers without weight decay."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """Adam betas."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0: off)."""
+    warmup_steps: int = 0
+    """Linear warmup at the start of each stage."""
+    min_lr_ratio: float = 0.1
+    """Cosine decays to this fraction of the stage's peak LR."""
+
+
+@dataclass
+class TrainConfig:
+    """A distillation run."""
+
+    stages: list[Stage] = field(default_factory=lambda: [Stage()])
+    """Progressive schedule; each stage has its trainable group, steps and LR."""
+    micro_batch_size: int = 1
+    """Sequences per micro-batch per student replica."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    loss: LossWeights = field(default_factory=LossWeights)
+    """Loss mix and temperature."""
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    """What the teacher sends and how far ahead it runs."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer settings."""
+    eval_every: int = 0
+    """Held-out evaluation every N steps (always at step 0 and at the end)."""
+    eval_batch_size: int = 4
+    """Held-out examples per evaluation micro-batch."""
+    save_every: int = 0
+    """Checkpoint every N steps (always at the end)."""
+    seed: int = 1234
+    """Seed of everything random in training."""
+
+    def __post_init__(self):
+        self.stages = [Stage(**s) if isinstance(s, dict) else s for s in self.stages]
+        for name, cls in (("loss", LossWeights), ("stream", StreamConfig), ("optim", OptimConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, cls(**getattr(self, name)))
+        self.optim.betas = tuple(self.optim.betas)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> tuple[int, int]:
+        """(stage index, first global step of that stage) for 1-based global `step`."""
+        first = 1
+        for i, s in enumerate(self.stages):
+            if step < first + s.steps:
+                return i, first
+            first += s.steps
+        return len(self.stages) - 1, first - self.stages[-1].steps
+
+
+def lr_at(stage: Stage, optim: OptimConfig, k: int) -> float:
+    """LR at the k-th step (0-based) of a stage."""
+    if k < optim.warmup_steps:
+        return stage.lr * (k + 1) / optim.warmup_steps
+    span = max(stage.steps - optim.warmup_steps, 1)
+    frac = min((k - optim.warmup_steps) / span, 1.0)
+    return stage.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _batch(data, idx):
+    return {k: v[idx] for k, v in data.items()}
+
+
+def _eval_batch(held, i, size):
+    return {k: v[i * size:(i + 1) * size] for k, v in held.items()}
+
+
+def num_eval_batches(held, size) -> int:
+    return -(-held["input_ids"].shape[0] // size) if held is not None and held["input_ids"].shape[0] else 0
+
+
+# ------------------------------------------------------------------------------------------------------ teacher
+def save_steps(cfg: "TrainConfig", stop_after: int | None) -> set[int]:
+    steps = {cfg.total_steps} | ({stop_after} if stop_after else set())
+    if cfg.save_every:
+        steps |= set(range(cfg.save_every, cfg.total_steps + 1, cfg.save_every))
+    return steps
+
+
+@torch.no_grad()
+def run_teacher(role, model, cfg: TrainConfig, train, held, out: Path, start_step: int = 0,
+                stop_after: int | None = None):
+    """Serve every micro-batch of the schedule to the student replicas this teacher replica teaches, and join the
+    students' (collective) checkpoint saves."""
+    from rad_megatron.checkpoint.store import save_model
+
+    sender = TeacherSender(cfg.stream)
+    sampler = ResumableSampler(train["input_ids"].shape[0], cfg.seed)
+    per_step = role.student_dp * cfg.grad_accum * cfg.micro_batch_size
+    sampler.position, sampler.epoch = _sampler_position(sampler, start_step * per_step)
+    saves = save_steps(cfg, stop_after)
+    step_indices, current = None, None
+    evs = list(events(cfg.total_steps, cfg.grad_accum, cfg.eval_every, num_eval_batches(held, cfg.eval_batch_size),
+                      start_step))
+    for n, ev in enumerate(evs):
+        for replica in role.served_replicas():
+            if ev.kind == "train":
+                if current != ev.step:
+                    step_indices, current = sampler.take(per_step), ev.step
+                b = _batch(train, replica_slice(step_indices, replica, ev.micro, role.student_dp,
+                                                cfg.micro_batch_size))
+            else:
+                b = _eval_batch(held, ev.micro, cfg.eval_batch_size)
+            vals, idx, nll, tok = teacher_targets(model, b["input_ids"], b["labels"], b["loss_mask"], cfg.stream)
+            if role.tp_rank == 0:
+                sender.send(role.student_replica_ranks(replica), ev.step, ev.micro if ev.kind == "train"
+                            else 1000 + ev.micro, b["input_ids"], vals, idx, nll, tok)
+        last_of_step = n + 1 == len(evs) or evs[n + 1].step != ev.step
+        if last_of_step and ev.step in saves and ev.step > start_step:
+            save_model(None, Path(out) / "checkpoints" / f"step_{ev.step:06d}", force=True)
+        if last_of_step and stop_after is not None and ev.step >= stop_after:
+            break
+    sender.flush()
+    return {"teacher_wait_s": sender.wait_s, "bytes_sent": sender.bytes_sent}
+
+
+def _sampler_position(sampler, consumed: int):
+    """(position, epoch) after `consumed` indices, without drawing them."""
+    return consumed % sampler.size, consumed // sampler.size
+
+
+# ------------------------------------------------------------------------------------------------------ student
+class StudentTrainer:
+    def __init__(self, role, model, cfg: TrainConfig, train, held, new_layers: list[int], out: Path, tokenizer=None,
+                 meta: dict | None = None):
+        self.role, self.model, self.cfg, self.train_data, self.held = role, model, cfg, train, held
+        self.new_layers, self.out, self.tokenizer, self.meta = list(new_layers), Path(out), tokenizer, meta or {}
+        self.sampler = ResumableSampler(train["input_ids"].shape[0], cfg.seed)
+        self.step = 0
+        self.stage_idx = -1
+        self.optimizer = None
+        self.tb = None
+        self.vocab = model.rad_config.vocab_size
+        self.vocab_start = role.tp_rank * model.embedding.word_embeddings.weight.shape[0]
+        from megatron.core import parallel_state
+
+        self.tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.dp_group = parallel_state.get_data_parallel_group()
+
+    # ---- setup -------------------------------------------------------------------------------------------------
+    def _enter_stage(self, idx: int):
+        stage = self.cfg.stages[idx]
+        params = apply_targeting(self.model, stage.trainable, self.new_layers)
+        o = self.cfg.optim
+        self.optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=o.betas, eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.params = params
+        self.stage_idx = idx
+
+    def _receiver(self, start_step):
+        seq = self.train_data["input_ids"].shape[1]
+        expected = []
+        for e in events(self.cfg.total_steps, self.cfg.grad_accum, self.cfg.eval_every,
+                        num_eval_batches(self.held, self.cfg.eval_batch_size), start_step):
+            if e.kind == "train":
+                expected.append((e.step, e.micro, self.cfg.micro_batch_size, seq))
+            else:
+                b = _eval_batch(self.held, e.micro, self.cfg.eval_batch_size)["input_ids"]
+                expected.append((e.step, 1000 + e.micro, b.shape[0], b.shape[1]))
+        return StudentReceiver(self.role.teacher_for(self.role.dp_rank), self.vocab, self.cfg.stream, expected)
+
+    # ---- one micro-batch ---------------------------------------------------------------------------------------
+    def _loss(self, b, step, micro, weights):
+        logits = self.model(input_ids=b["input_ids"], position_ids=position_ids_for(b["input_ids"]),
+                            attention_mask=None)
+        vals, idx, tnll, ttok = self.receiver.receive(step, micro, b["input_ids"])
+        if idx is None:  # the whole vocabulary was sent: index it like a top-k with k = V
+            idx = torch.arange(vals.shape[-1]).expand(vals.shape)
+        loss, terms = distill_loss(logits, vals, idx, b["labels"], b["loss_mask"], weights, self.tp_group,
+                                   self.vocab_start, self.vocab)
+        return loss, terms, tnll, ttok
+
+    def _reduce_grads(self):
+        if self.role.dp > 1:
+            for p in self.params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, group=self.dp_group)
+                    p.grad /= self.role.dp
+        norm_sq = torch.zeros(1)
+        for p in self.params:  # TP-sharded params: sum over ranks; replicated ones: count once
+            if p.grad is None:
+                continue
+            sq = p.grad.float().pow(2).sum()
+            norm_sq += sq if getattr(p, "tensor_model_parallel", False) else sq / self.role.tp
+        if self.role.tp > 1:
+            dist.all_reduce(norm_sq, group=self.tp_group)
+        norm = norm_sq.sqrt().item()
+        clip = self.cfg.optim.clip_grad
+        if clip and norm > clip:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(clip / (norm + 1e-6))
+        return norm
+
+    # ---- evaluation --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, step):
+        kl_sum = nll_sum = tok_sum = t_nll = t_tok = 0.0
+        weights = LossWeights(fkl=1.0, rkl=0.0, ce=1.0, temperature=self.cfg.stream.temperature)
+        for i in range(num_eval_batches(self.held, self.cfg.eval_batch_size)):
+            b = _eval_batch(self.held, i, self.cfg.eval_batch_size)
+            _, terms, tnll, ttok = self._loss(b, step, 1000 + i, weights)
+            n = b["loss_mask"].sum().item()
+            kl_sum, nll_sum, tok_sum = kl_sum + terms["fkl"] * n, nll_sum + terms["ce"] * n, tok_sum + n
+            t_nll, t_tok = t_nll + tnll, t_tok + ttok
+        return {"step": step, "heldout_kl": kl_sum / max(tok_sum, 1), "heldout_ppl": math.exp(nll_sum / max(tok_sum, 1)),
+                "teacher_ppl": math.exp(t_nll / max(t_tok, 1)), "heldout_tokens": tok_sum}
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+    def run(self, start_step: int = 0, stop_after: int | None = None) -> list[dict]:
+        """Train from `start_step` (a resumed run has loaded its state) to the end or to `stop_after`."""
+        cfg = self.cfg
+        self.receiver = self._receiver(start_step)
+        per_step = self.role.dp * cfg.grad_accum * cfg.micro_batch_size
+        main = self.role.is_main
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.total_steps, initial=start_step, desc="distill", disable=not main, dynamic_ncols=True)
+        records = []
+        self.model.train()
+        if start_step == 0:
+            records.append(self._log(self.evaluate(0)))
+        for step in range(start_step + 1, cfg.total_steps + 1):
+            stage_idx, first = cfg.stage_at(step)
+            if stage_idx != self.stage_idx:
+                self._enter_stage(stage_idx)
+            stage = cfg.stages[stage_idx]
+            lr = lr_at(stage, cfg.optim, step - first)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            t0 = time.perf_counter()
+            wait0, bytes0 = self.receiver.wait_s, self.receiver.bytes_received
+            indices = self.sampler.take(per_step)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms_sum: dict = {}
+            for m in range(cfg.grad_accum):
+                b = _batch(self.train_data, replica_slice(indices, self.role.dp_rank, m, self.role.dp,
+                                                          cfg.micro_batch_size))
+                loss, terms, _, _ = self._loss(b, step, m, cfg.loss)
+                (loss / cfg.grad_accum).backward()
+                terms_sum["loss"] = terms_sum.get("loss", 0.0) + loss.item() / cfg.grad_accum
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum
+            norm = self._reduce_grads()
+            self.optimizer.step()
+            dt = time.perf_counter() - t0
+            rec = {"step": step, "stage": stage.name, "lr": lr, "grad_norm": norm, **terms_sum,
+                   "tokens_per_s": per_step * self.train_data["input_ids"].shape[1] / dt,
+                   "student_wait_s": self.receiver.wait_s - wait0,
+                   "bytes_received": self.receiver.bytes_received - bytes0}
+            records.append(self._log(rec))
+            if step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
+                self.model.eval()
+                records.append(self._log(self.evaluate(step)))
+                self.model.train()
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms_sum['loss']:.4f}")
+            self.step = step
+            if step in save_steps(cfg, stop_after):
+                self.save(step)
+            if stop_after is not None and step >= stop_after:
+                break
+        bar.close()
+        self.model.eval()
+        return records
+
+    def _log(self, rec: dict) -> dict:
+        if self.role.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, rec["step"])
+            self.tb.flush()
+        return rec
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+    def save(self, step: int):
+        from rad_megatron.checkpoint.store import save_model
+
+        path = self.out / "checkpoints" / f"step_{step:06d}"
+        state = {"step": step, "stage_idx": self.stage_idx, "optimizer": self.optimizer.state_dict(),
+                 "sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state()}
+        meta = {**self.meta, "train": {"step": step, "config": json.loads(json.dumps(asdict(self.cfg))),
+                                       "new_layers": self.new_layers}}
+        save_model(self.model, path, metadata=meta, force=True, tokenizer=self.tokenizer,
+                   per_rank_state=state if self.role.dp_rank == 0 else None, per_rank_name=f"tp{self.role.tp_rank}")
+        if self.role.is_main:
+            latest = self.out / "checkpoints" / "latest.txt"
+            tmp = latest.with_suffix(".tmp")
+            tmp.write_text(path.name)
+            tmp.replace(latest)
+
+    def load_state(self, path: Path) -> int:
+        state = torch.load(Path(path) / "train_state" / f"tp{self.role.tp_rank}.pt", weights_only=False)
+        self._enter_stage(state["stage_idx"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+        return self.step
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    f = Path(out) / "checkpoints" / "latest.txt"
+    return Path(out) / "checkpoints" / f.read_text().strip() if f.is_file() else None
+
+
+def check_resume_config(path: Path, cfg: TrainConfig):
+    from rad_megatron.checkpoint.store import read_meta
+
+    saved = read_meta(path).get("train", {}).get("config")
+    now = json.loads(json.dumps(asdict(cfg)))
+    if saved != now:
+        diff = sorted(k for k in set(saved or {}) | set(now) if (saved or {}).get(k) != now.get(k))
+        raise RadError(f"--resume {path}: the checkpoint was written with a different distill config "
+                       f"(differs in: {', '.join(diff) or 'everything'}); resume with the same config")

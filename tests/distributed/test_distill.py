@@ -1,0 +1,130 @@
+"""Distillation with the teacher on its own rank (gloo, CPU): the stream is exact, the TP-aware KL equals the full
+one, targeting freezes what it should, kill-and-resume is bit-exact, and bad input fails in one line."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, rad, tiny_hf_llama, torchrun
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("distill")
+    tiny_hf_llama(d / "hf", seed=0, num_hidden_layers=4, tie_word_embeddings=False)
+    rows = [{"question": f"what is {i} plus {i + 1}?", "answer": f"{i} plus {i + 1} is {2 * i + 1}."} for i in range(50)]
+    (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = {
+        "model": {"hf": str(d / "hf")}, "swap": {"layers": [1, 2], "init": "rad_zero"},
+        "data": {"path": str(d / "data.jsonl"), "seq_len": 48, "held_out": 4},
+        "distill": {"teacher": {"hf": str(d / "hf")}, "roles": {"teacher_ranks": 1},
+                    "train": {"stages": [{"name": "new", "trainable": "new_mamba", "steps": 8, "lr": 0.003},
+                                         {"name": "more", "trainable": "mamba_mlp", "steps": 4, "lr": 0.001}],
+                              "micro_batch_size": 2, "grad_accum": 2, "eval_every": 6, "eval_batch_size": 2,
+                              "save_every": 6, "stream": {"top_k": 16, "lookahead": 2}}},
+    }
+    import yaml
+
+    (d / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return d
+
+
+def _pipeline(d, out, *extra):
+    proc = rad("pipeline", "--config", str(d / "cfg.yaml"), "--out", str(out), *extra, nproc=2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(ckpt):
+    from rad_megatron.checkpoint.store import load_model
+
+    return {k: v.clone() for k, v in load_model(ckpt).state_dict().items() if not k.endswith("_extra_state")}
+
+
+def _strip(rows):  # timing fields differ run to run
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "student_wait_s")} for r in rows]
+
+
+def test_kill_and_resume_is_bit_exact_and_targeting_holds(dist, setup):
+    d = setup
+    full = _pipeline(d, d / "full")
+    _pipeline(d, d / "cut", "--stop-after", "6")
+    assert (d / "cut/checkpoints/latest.txt").read_text() == "step_000006"
+    resumed = _pipeline(d, d / "cut", "--resume")
+    assert _strip(resumed) == _strip(full)
+    a, b = _weights(d / "full/checkpoints/step_000012"), _weights(d / "cut/checkpoints/step_000012")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # targeting: stage 1 trains only the new Mamba layers (2, 4); stage 2 adds their MLPs (3, 5); the rest is frozen
+    from rad_megatron.checkpoint.hf_import import model_from_hf
+    from rad_megatron.checkpoint.hf_source import HFSource
+    from rad_megatron.swap import swap_attention_to_mamba
+
+    orig, _ = model_from_hf(HFSource(d / "hf"))
+    start = {k: v for k, v in swap_attention_to_mamba(orig, [1, 2], init="rad_zero", seed=1234).state_dict().items()
+             if not k.endswith("_extra_state")}
+    six = _weights(d / "full/checkpoints/step_000006")
+    trained_stage1 = ("decoder.layers.2.", "decoder.layers.4.")
+    trained_stage2 = trained_stage1 + ("decoder.layers.3.", "decoder.layers.5.")
+    for k in start:
+        if k.startswith(trained_stage1):
+            continue
+        assert torch.equal(six[k], start[k]), f"{k} moved in stage 1"
+    for k in start:
+        if k.startswith(trained_stage2):
+            continue
+        assert torch.equal(a[k], start[k]), f"{k} moved although frozen"
+    assert not torch.equal(six["decoder.layers.2.mixer.in_proj.weight"], start["decoder.layers.2.mixer.in_proj.weight"])
+    assert not torch.equal(a["decoder.layers.3.mlp.linear_fc1.weight"], six["decoder.layers.3.mlp.linear_fc1.weight"])
+    meta = json.loads((d / "full/checkpoints/step_000012/rad_meta.json").read_text())
+    assert meta["mamba_init"] == {"1": "rad_zero", "2": "rad_zero"}
+    assert (d / "full/loss.png").stat().st_size > 5000 and (d / "full/summary.md").is_file()
+    assert any((d / "full/tensorboard").iterdir())
+
+
+def test_stream_is_bit_exact(setup, tmp_path):
+    out = tmp_path / "r.json"
+    torchrun(2, ROOT / "tests/distributed/workers/stream_check.py", str(out), str(setup / "hf"))
+    res = json.loads(out.read_text())
+    assert res["k8"]["equal"] and res["k0"]["equal"]
+    assert res["k8"]["bytes"] < res["k0"]["bytes"] / 4, "top-k must send less than the whole vocabulary"
+
+
+def test_tp_aware_kl_equals_full(tmp_path):
+    out = tmp_path / "r.json"
+    torchrun(2, ROOT / "tests/distributed/workers/tp_kl.py", str(out))
+    res = json.loads(out.read_text())
+    for k, r in res.items():
+        assert r["diff"] < 1e-5 and r["fkl_diff"] < 1e-6 and r["grad_ok"], (k, r)
+
+
+def _one_line(proc, text):
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("rad pipeline: error")]
+    assert lines and all(text in ln for ln in lines), proc.stderr[-3000:]
+
+
+def test_bad_input(setup, tmp_path):
+    d = setup
+    cfg = ["--config", str(d / "cfg.yaml")]
+    _one_line(rad("pipeline", *cfg, "distill.roles.teacher_ranks=2", "--out", str(tmp_path / "a"), nproc=2),
+              "distill.roles.teacher_ranks=2 needs at least 3 ranks")
+    _one_line(rad("pipeline", *cfg, "distill.train.stream.top_k=1000", "--out", str(tmp_path / "b"), nproc=2),
+              "top_k=1000 exceeds the vocabulary (128)")
+    _one_line(rad("pipeline", *cfg, "distill.train.grad_acum=3", "--out", str(tmp_path / "c"), nproc=1),
+              "unknown config key 'config.distill.train.grad_acum' (did you mean 'grad_accum'?)")
+    other = tiny_hf_llama(tmp_path / "other", seed=1, num_hidden_layers=2, tie_word_embeddings=False)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    tok["model"]["vocab"] = {k: (v + 1) % 128 for k, v in tok["model"]["vocab"].items()}
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    _one_line(rad("pipeline", *cfg, f"distill.teacher.hf={other}", "--out", str(tmp_path / "e"), nproc=2),
+              "teacher and student tokenizers differ")
+    # resume with a changed config: refused, and the run folder is untouched
+    run = tmp_path / "r"
+    _pipeline(d, run, "--stop-after", "6")
+    before = (run / "metrics.jsonl").read_text()
+    _one_line(rad("pipeline", *cfg, "distill.train.stages.0.lr=0.1", "--out", str(run), "--resume", nproc=2),
+              "different distill config")
+    assert (run / "metrics.jsonl").read_text() == before
