@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 install:
 	@bash tools/install.sh
 
+# a fresh, timestamped run folder each time: nothing from an earlier run is overwritten
 demo: install
-	$(PY) -m rad_megatron generate
+	$(VENV)/bin/torchrun --nproc-per-node 2 -m rad_megatron pipeline --config configs/demo_smollm2.yaml \
+		--out runs/demo_smollm2-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(PY) -m pytest -q tests

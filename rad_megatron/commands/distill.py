@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rad_megatron.errors import RadError
@@ -69,17 +68,17 @@ def distill(args) -> int:
 
 
 def _prepare_sources(cfg):
-    """GGUF sources are converted once, by rank 0, before anyone reads them."""
-    import torch.distributed as dist
+    """GGUF sources are converted once, by rank 0, before the process group exists (so no one else reads a
+    half-written cache); other ranks wait for rank 0 at the first collective."""
+    import os
 
     from rad_megatron.checkpoint.hf_source import resolve
     from rad_megatron.distributed.init import _launcher_env
 
-    if _launcher_env(__import__("os").environ)[0] == 0:
+    if _launcher_env(os.environ)[0] == 0:
         for s in (cfg.model, cfg.distill.teacher):
             if not s.ckpt:
                 resolve(s.hf)
-    del dist
 
 
 def pipeline(args) -> int:

@@ -22,6 +22,8 @@ def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None
     from rad_megatron.swap import swap_attention_to_mamba
 
     out = Path(cfg.out)
+    if (out / "metrics.jsonl").exists() and not resume:
+        raise RadError(f"run folder '{out}' already holds a run; pass --resume to continue it or choose another --out")
     t0 = time.perf_counter()
     _prepare_sources(cfg)
     ctx = init_distributed(ParallelConfig(tp=1, seed=train_cfg.seed))

@@ -98,7 +98,7 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     b.plot([r["step"] for r in ev], [r["heldout_kl"] for r in ev], "o-", label="held-out KL to teacher")
     b.set_xlabel("step")
     b.set_ylabel("KL")
-    b.set_title("held-out KL (student || teacher)")
+    b.set_title("held-out KL(teacher || student)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
