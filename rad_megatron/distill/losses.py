@@ -20,43 +20,29 @@ _EPS = 1e-12
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """all-reduce whose backward passes the gradient through unchanged (every rank holds the same loss)."""
+    """all-reduce over `group`. Backward: identity when every rank uses the total identically downstream (each rank
+    already holds the whole dL/dtotal); all-reduce when each rank uses it on its own shard (the softmax normaliser:
+    every rank's share of dL/dtotal must be added up)."""
 
     @staticmethod
-    def forward(ctx, x, group):
-        x = x.clone()
-        if group is not None and dist.get_world_size(group) > 1:
-            dist.all_reduce(x, group=group)
-        return x
-
-    @staticmethod
-    def backward(ctx, g):
-        return g, None
-
-
-class _AllReduceSumBothWays(torch.autograd.Function):
-    """all-reduce forward and backward: for a global quantity (the softmax normaliser) that each rank then uses on
-    its own vocabulary shard, so every rank's share of dL/d(sum) must be added up."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        x = x.clone()
-        if group is not None and dist.get_world_size(group) > 1:
-            dist.all_reduce(x, group=group)
-        return x
+    def forward(ctx, x, group, reduce_grad):
+        ctx.group, ctx.reduce_grad = group, reduce_grad
+        return _all_reduce(x.clone(), group)
 
     @staticmethod
     def backward(ctx, g):
-        g = g.clone()
-        if ctx.group is not None and dist.get_world_size(ctx.group) > 1:
-            dist.all_reduce(g, group=ctx.group)
-        return g, None
+        return (_all_reduce(g.clone(), ctx.group) if ctx.reduce_grad else g), None, None
+
+
+def _all_reduce(x, group):
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(x, group=group)
+    return x
 
 
 def all_reduce_sum(x, group):
     """Partial sums -> the replicated total, for terms whose downstream use is identical on every rank."""
-    return _AllReduceSum.apply(x, group)
+    return _AllReduceSum.apply(x, group, False)
 
 
 def vocab_parallel_log_softmax(logits: torch.Tensor, group, temperature: float = 1.0, vocab_start: int = 0,
@@ -70,7 +56,7 @@ def vocab_parallel_log_softmax(logits: torch.Tensor, group, temperature: float =
     zmax = z.detach().max(-1, keepdim=True).values
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(zmax, op=dist.ReduceOp.MAX, group=group)
-    sumexp = _AllReduceSumBothWays.apply((z - zmax).exp().sum(-1, keepdim=True), group)
+    sumexp = _AllReduceSum.apply((z - zmax).exp().sum(-1, keepdim=True), group, True)
     return z - zmax - sumexp.log()
 
 

@@ -74,8 +74,7 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
     from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-    from rad_megatron.distributed.cpu import apply_cpu_shims, apply_no_te_shims
-    from rad_megatron.distributed.init import _launcher_env
+    from rad_megatron.distributed.init import _launcher_env, select_device
 
     env = os.environ if env is None else env
     rank, world, local_rank = _launcher_env(env)
@@ -89,13 +88,7 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
                        f"({world} launched - {T} teacher ranks)")
     if T % layout.teacher_tp:
         raise RadError(f"distill.roles.teacher_tp={layout.teacher_tp} does not divide teacher_ranks={T}")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        apply_cpu_shims()
-        device, backend = torch.device("cpu"), "gloo"
-    apply_no_te_shims()
+    device, backend = select_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     if parallel_state.model_parallel_is_initialized():  # e.g. after the pipeline's probe phase

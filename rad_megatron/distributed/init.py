@@ -62,6 +62,20 @@ def launched_world_size(env=None) -> int:
     return _launcher_env(os.environ if env is None else env)[1]
 
 
+def select_device(local_rank: int) -> tuple[torch.device, str]:
+    """The one place that decides CPU vs GPU: (device, backend), with the CPU / no-TE shims applied where needed."""
+    from rad_megatron.distributed.cpu import apply_cpu_shims, apply_no_te_shims
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        apply_cpu_shims()
+        device, backend = torch.device("cpu"), "gloo"
+    apply_no_te_shims()
+    return device, backend
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,7 +91,6 @@ def init_distributed(parallel: ParallelConfig | None = None, env=None) -> DistCo
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-    from rad_megatron.distributed.cpu import apply_cpu_shims, apply_no_te_shims
 
     parallel = parallel or ParallelConfig()
     env = os.environ if env is None else env
@@ -86,14 +99,7 @@ def init_distributed(parallel: ParallelConfig | None = None, env=None) -> DistCo
         raise RadError(f"parallel.tp={parallel.tp} x parallel.pp={parallel.pp} needs a multiple of "
                        f"{parallel.tp * parallel.pp} ranks but {world_size} were launched; "
                        f"launch with torchrun --nproc-per-node {parallel.tp * parallel.pp} (or a multiple)")
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        apply_cpu_shims()
-        device, backend = torch.device("cpu"), "gloo"
-    apply_no_te_shims()
+    device, backend = select_device(local_rank)
 
     if not torch.distributed.is_initialized():
         timeout = datetime.timedelta(minutes=parallel.timeout_minutes)
