@@ -56,16 +56,23 @@ def _add_convert(sub):
     p.set_defaults(run="rad_megatron.commands.convert:run")
 
 
+# Commands that live in their own module under rad_megatron/commands/ and register themselves through
+# `add_parser(sub)` (or `add_parsers(sub)` for a family of commands). Add a module name here to add a command.
+COMMAND_MODULES = ("probe", "distill")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     parser = argparse.ArgumentParser(prog="rad", description="Redundancy-Aware Distillation on Megatron-Core")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and info logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from rad_megatron.commands.probe import add_parser as _add_probe  # noqa: E402  (keeps cli.py small)
-
-    from rad_megatron.commands.distill import add_parsers as _add_distill
-
-    for add in (_add_verify, _add_generate, _add_swap, _add_convert, _add_probe, _add_distill):
+    for add in (_add_verify, _add_generate, _add_swap, _add_convert):
         add(sub)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"rad_megatron.commands.{name}")
+        register = getattr(module, "add_parsers", None) or module.add_parser
+        register(sub)
     return parser
 
 
