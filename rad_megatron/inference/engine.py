@@ -86,8 +86,12 @@ class InferenceSession:
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None,
-             sampling: SamplingConfig | None = None, skip=(), device=None) -> list[list[int]]:
-    """Complete each prompt; returns only the new tokens of each (cut after eos, eos included)."""
+             sampling: SamplingConfig | None = None, skip=(), device=None, stop=None) -> list[list[int]]:
+    """Complete each prompt; returns only the new tokens of each (cut after eos, eos included).
+
+    `stop(row, new_tokens) -> bool`, if given, is asked after each token a row generates (e.g. a stop string
+    appeared); a row it stops keeps its tokens so far. It must answer the same on every TP rank.
+    """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise RadError("generate needs at least one non-empty prompt")
     sampling = sampling or SamplingConfig()
@@ -112,6 +116,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int |
         new += generating.long()
         if eos_id is not None:
             finished |= generating & (tok == eos_id)
+        if stop is not None:
+            for i in (generating & ~finished).nonzero().flatten().tolist():
+                finished[i] = bool(stop(i, buf[i, lens[i]: pos + 1].tolist()))
         finished |= new >= max_new_tokens
         if bool(finished.all()):
             break
