@@ -47,18 +47,9 @@ def _add_swap(sub):
     p.set_defaults(run="rad_megatron.commands.swap:run")
 
 
-def _add_convert(sub):
-    p = sub.add_parser("convert", help="HF Llama / MIL hybrid / GGUF -> rad_megatron checkpoint")
-    p.add_argument("--hf", default=None, help="HF folder or .gguf (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--out", required=True, help="output checkpoint folder (must be new or empty)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: the launched world size)")
-    p.set_defaults(run="rad_megatron.commands.convert:run")
-
-
 # Commands that live in their own module under rad_megatron/commands/ and register themselves through
 # `add_parser(sub)` (or `add_parsers(sub)` for a family of commands). Add a module name here to add a command.
-COMMAND_MODULES = ("probe", "distill", "eval")
+COMMAND_MODULES = ("probe", "distill", "eval", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rad", description="Redundancy-Aware Distillation on Megatron-Core")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and info logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_verify, _add_generate, _add_swap, _add_convert):
+    for add in (_add_verify, _add_generate, _add_swap):
         add(sub)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"rad_megatron.commands.{name}")

@@ -113,6 +113,42 @@ TE_NAMES = {".input_layernorm.weight": ".self_attention.linear_qkv.layer_norm_we
             ".norm.weight": ".mixer.in_proj.layer_norm_weight"}
 
 
+def to_local_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of to_model_names: a model's state dict (local or TE spec) under the local-spec names."""
+    out = {}
+    for k, v in sd.items():
+        for local, te in TE_NAMES.items():
+            if k.endswith(te):
+                k = k[: -len(te)] + local
+                break
+        out[k] = v
+    return out
+
+
+def stage_state_dict(full: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """The part of a full state dict that `model`'s pipeline stage holds, its layers renumbered from 0.
+
+    Megatron numbers a stage's layers locally (decoder.layers.0 ...) and records the global index in
+    `layer_number`; a tied output layer on a last stage without the embedding is its own copy of the embedding.
+    """
+    if getattr(model, "rad_pp", 1) == 1:
+        return full
+    local_of = {layer.layer_number - 1: j for j, layer in enumerate(model.decoder.layers)}
+    out = {}
+    for k, v in full.items():
+        if k.startswith("decoder.layers."):
+            g, rest = k[len("decoder.layers."):].split(".", 1)
+            if int(g) in local_of:
+                out[f"decoder.layers.{local_of[int(g)]}.{rest}"] = v
+        elif k.startswith("embedding.") and model.pre_process:
+            out[k] = v
+        elif k.startswith(("decoder.final_norm.", "output_layer.")) and model.post_process:
+            out[k] = v
+    if model.post_process and model.rad_config.tie_word_embeddings and not model.pre_process:
+        out["output_layer.weight"] = full["embedding.word_embeddings.weight"]
+    return out
+
+
 def to_model_names(sd: dict[str, torch.Tensor], model_keys) -> dict[str, torch.Tensor]:
     """Rename local-spec keys to the model's (TE) keys where the model uses the fused-norm names."""
     model_keys = set(model_keys)
@@ -129,11 +165,14 @@ def to_model_names(sd: dict[str, torch.Tensor], model_keys) -> dict[str, torch.T
 
 def load_full_state_dict(model, full: dict[str, torch.Tensor], tp: int, tp_rank: int) -> None:
     """Shard `full` for this rank and copy it into `model`; a missing, unexpected or misshaped tensor is named."""
+    from rad_megatron.model.build import padded_vocab_size
+
     cfg = model.rad_config
-    padded = model.embedding.word_embeddings.weight.shape[0] * tp
+    padded = padded_vocab_size(cfg.vocab_size, tp)  # a later pipeline stage has no embedding to read it from
+    full = stage_state_dict(full, model)
     local = to_model_names(shard_state_dict(full, cfg, tp, tp_rank, padded), model.state_dict().keys())
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-    if cfg.tie_word_embeddings:
+    if cfg.tie_word_embeddings and getattr(model, "pre_process", True):
         own.pop("output_layer.weight", None)
         local.pop("output_layer.weight", None)
     missing = sorted(set(own) - set(local))

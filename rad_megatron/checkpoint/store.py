@@ -60,7 +60,7 @@ def save_model(model, path, metadata: dict | None = None, force: bool = False, e
     _barrier()
     if _rank() == 0:
         meta = {"format_version": FORMAT_VERSION, "model": model.rad_config.to_dict(), "saved_tp": model.rad_tp,
-                **(metadata or {})}
+                "saved_pp": getattr(model, "rad_pp", 1), **(metadata or {})}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "tokenizer")
@@ -84,14 +84,38 @@ def model_config(path) -> ModelConfig:
     return ModelConfig.from_dict(read_meta(path)["model"])
 
 
-def load_model(path, tp: int = 1, dtype=torch.float32, process_group=None):
-    """Build the model recorded in `path` at TP size `tp` and load its weights (resharding if saved at another TP)."""
+def check_complete(path) -> None:
+    """Refuse a checkpoint folder that lacks a file its `dist_checkpointing` index (.metadata) lists, naming it,
+    before any rank starts a collective load that would fail on one rank with a storage-layer traceback."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    path = Path(path)
+    for name in ("metadata.json", ".metadata"):
+        if not (path / name).is_file():
+            raise RadError(f"checkpoint '{path}' is incomplete: '{name}' is missing; copy the whole folder again "
+                           f"or re-create it with rad convert")
+    try:
+        storage = FileSystemReader(str(path)).read_metadata().storage_data
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign .metadata fails in pickle or in torch
+        raise RadError(f"checkpoint '{path}' has an unreadable .metadata ({type(e).__name__}); copy the whole "
+                       f"folder again or re-create it with rad convert") from None
+    files = sorted({info.relative_path for info in storage.values()})
+    missing = [f for f in files if not (path / f).is_file()]
+    if missing:
+        raise RadError(f"checkpoint '{path}' is incomplete: shard file '{missing[0]}' is missing ({len(missing)} of "
+                       f"{len(files)} shard files); copy the whole folder again or re-create it with rad convert")
+
+
+def load_model(path, tp: int = 1, dtype=torch.float32, process_group=None, pp: int = 1):
+    """Build the model recorded in `path` at TP size `tp` (and PP size `pp`: this rank's stage) and load its weights
+    (resharding if saved at another TP/PP)."""
     from megatron.core import dist_checkpointing
 
     from rad_megatron.model import build_model
 
     cfg = model_config(path)
-    model = build_model(cfg, tp=tp, dtype=dtype)
+    check_complete(path)
+    model = build_model(cfg, tp=tp, dtype=dtype, pp=pp)
     try:
         state = dist_checkpointing.load(model.sharded_state_dict(), str(path), process_group=process_group)
     except Exception as e:  # noqa: BLE001 - dist_checkpointing raises several types; name the cause in one line

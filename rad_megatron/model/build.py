@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -29,6 +30,7 @@ def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, dtype=torch.f
         normalization="RMSNorm", layernorm_epsilon=cfg.rms_norm_eps, gated_linear_unit=True, activation_func=F.silu,
         add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=False,
+        pipeline_dtype=dtype if pp > 1 else None,
         params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         use_cpu_initialization=True, persist_layer_norm=False, bias_dropout_fusion=False,
         masked_softmax_fusion=False, apply_rope_fusion=False, gradient_accumulation_fusion=False,
@@ -42,28 +44,56 @@ def _mixer_params(cfg: ModelConfig) -> dict:
 
 
 def build_model(cfg: ModelConfig, tp: int = 1, dtype=torch.float32, use_te: bool | None = None,
-                device: torch.device | str = "cpu", pg_collection=None) -> HybridModel:
-    """Build this rank's shard of the hybrid model (Megatron parallel state must be initialised for `tp`).
+                device: torch.device | str = "cpu", pg_collection=None, pp: int = 1) -> HybridModel:
+    """Build this rank's shard of the hybrid model (Megatron parallel state must be initialised for `tp`, `pp`).
 
     Weights are random (seeded identically on every rank by init_distributed); load real ones with
     rad_megatron.checkpoint. `model.rad_config` keeps the ModelConfig for everything downstream.
+    With pp > 1 this rank holds one pipeline stage (Megatron splits the 2L hybrid layers evenly; the first stage
+    has the embedding, the last the final norm and output layer). Only checkpoint conversion uses pp > 1:
+    forward_logits and the commands built on it run the whole model on one stage.
     """
     cfg.check_parallel(tp)
+    if pp > 1 and (2 * cfg.num_layers) % pp:
+        raise RadError(f"parallel.pp={pp} does not divide the {2 * cfg.num_layers} hybrid layers "
+                       f"(2 x model.num_layers={cfg.num_layers}); choose a PP size that divides it")
     use_te = te_available() if use_te is None else use_te
     spec = hybrid_spec(use_te)
     spec.submodules.mamba_layer.submodules.mixer.params = _mixer_params(cfg)
-    tcfg = transformer_config(cfg, tp=tp, dtype=dtype)
-    model = HybridModel(
-        config=tcfg, hybrid_stack_spec=spec, vocab_size=padded_vocab_size(cfg.vocab_size, tp),
-        max_sequence_length=cfg.max_position_embeddings, hybrid_layer_pattern=layout_to_pattern(cfg.layout),
-        pre_process=True, post_process=True, parallel_output=True,
-        share_embeddings_and_output_weights=cfg.tie_word_embeddings, position_embedding_type="rope",
-        rotary_percent=1.0, rotary_base=int(cfg.rope_theta), pg_collection=pg_collection)
+    tcfg = transformer_config(cfg, tp=tp, pp=pp, dtype=dtype)
+    first, last = _pipeline_stage(pp)
+    # A tied output layer on the last stage is synchronised from the first with a `.cuda()` copy inside
+    # HybridModel.__init__; on CPU that copy needs Megatron's CUDA-on-CPU mode (a no-op on GPU and at pp=1).
+    with _stage_init_context(pp):
+        model = HybridModel(
+            config=tcfg, hybrid_stack_spec=spec, vocab_size=padded_vocab_size(cfg.vocab_size, tp),
+            max_sequence_length=cfg.max_position_embeddings, hybrid_layer_pattern=layout_to_pattern(cfg.layout),
+            pre_process=first, post_process=last, parallel_output=True,
+            share_embeddings_and_output_weights=cfg.tie_word_embeddings, position_embedding_type="rope",
+            rotary_percent=1.0, rotary_base=int(cfg.rope_theta), pg_collection=pg_collection)
     _apply_rope_scaling(model, cfg)
     model.rad_config = cfg
     model.rad_tp = tp
+    model.rad_pp = pp
     model.rad_tp_group = model.pg_collection.tp  # the teacher's own group when it runs on separate ranks
     return model.to(device=device)
+
+
+def _pipeline_stage(pp: int) -> tuple[bool, bool]:
+    """(is first stage, is last stage) of this rank; both True without pipeline parallelism."""
+    if pp == 1:
+        return True, True
+    from megatron.core import parallel_state
+
+    return parallel_state.is_pipeline_first_stage(), parallel_state.is_pipeline_last_stage()
+
+
+def _stage_init_context(pp: int):
+    if pp == 1:
+        return contextlib.nullcontext()
+    from rad_megatron.distributed.cpu import megatron_cuda_on_cpu
+
+    return megatron_cuda_on_cpu()
 
 
 def _apply_rope_scaling(model: HybridModel, cfg: ModelConfig) -> None:
