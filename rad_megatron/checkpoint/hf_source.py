@@ -32,6 +32,13 @@ class HFSource:
         from safetensors.torch import load_file
 
         files = sorted(self.folder.glob("*.safetensors"))
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():  # a sharded folder: every file the index names must be there
+            listed = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+            missing = [f for f in listed if not (self.folder / f).is_file()]
+            if missing:
+                raise RadError(f"HF folder '{self.folder}' is incomplete: '{missing[0]}' listed in "
+                               f"model.safetensors.index.json is missing; copy or download it again")
         if not files:
             raise RadError(f"no *.safetensors in {self.folder}; give an HF Llama folder or a .gguf file")
         sd = {}
