@@ -150,3 +150,20 @@ def test_hf_folder_missing_a_shard_is_named(dist, tmp_path):
     shard.unlink()
     with pytest.raises(RadError, match=f"'{shard.name}' listed in model.safetensors.index.json is missing"):
         HFSource(tmp_path / "out").state_dict()
+
+
+def test_te_names_map_back_to_local(dist):
+    """A TE-spec model's state dict (norms fused into the next linear) gathers under the local names the key maps use."""
+    from rad_megatron.checkpoint.shard import TE_NAMES, to_local_names, to_model_names
+
+    local = {k: v for k, v in build_model(_nonmil()).state_dict().items() if not k.endswith("_extra_state")}
+    te_keys = set()
+    for k in local:
+        for suffix, te in TE_NAMES.items():
+            if k.endswith(suffix) and ".mixer.norm." not in k:
+                k = k[: -len(suffix)] + te
+                break
+        te_keys.add(k)
+    as_te = to_model_names(local, te_keys)
+    assert set(as_te) == te_keys and set(as_te) != set(local)
+    assert to_local_names(as_te).keys() == local.keys()
