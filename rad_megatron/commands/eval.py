@@ -22,7 +22,7 @@ def run(args) -> int:
     tasks = ev.parse_tasks(args.tasks)
     sources = {"gsm8k": args.gsm8k_data, "cruxeval": args.cruxeval_data}
     ev.check_inputs(tasks, sources, args.confirm_run_unsafe_code)
-    manager = ev.task_manager(tasks, sources)  # unknown task names fail here, before the model loads
+    manager = ev.task_manager(tasks, sources, args.include_path)  # unknown task names fail before the model loads
 
     from rad_megatron.eval.lm import RadLM
 
@@ -50,6 +50,8 @@ def add_parser(sub):
     p.add_argument("--hf", default=None, help="or an HF Llama / MIL folder or .gguf (default: SmolLM2-135M-Instruct)")
     p.add_argument("--tasks", default="gsm8k,cruxeval",
                    help="comma-separated: gsm8k, cruxeval (CRUX-O), or lm-eval task names")
+    p.add_argument("--include-path", action="append", default=[],
+                   help="another folder of lm-eval task yamls (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N documents of each task")
     p.add_argument("--gsm8k-data", default=DEFAULT_DATA["gsm8k"],
                    help="GSM8K test .jsonl (question, answer), or 'hub' for openai/gsm8k")

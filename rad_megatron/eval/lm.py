@@ -61,9 +61,23 @@ class RadLM(TemplateLM):
             raise RadError(f"tp={self.ctx.tp} on {self.ctx.world_size} ranks: evaluation runs one model over all "
                            f"ranks; launch torchrun --nproc-per-node {self.ctx.tp} (or set tp to the world size)")
         model, tokenizer = load_model_and_tokenizer(SimpleNamespace(ckpt=ckpt, hf=hf), self.ctx)
+        self._setup(model, tokenizer, str(ckpt or model.rad_meta.get("source")), batch_size, max_length,
+                    max_gen_toks, seed)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, ctx, batch_size=8, max_length: int | None = None, max_gen_toks: int = 256,
+                   seed: int = 1234, source: str = "in-memory") -> RadLM:
+        """Wrap a model already built on these ranks (e.g. right after distillation) without reloading it."""
+        lm = cls.__new__(cls)
+        TemplateLM.__init__(lm)
+        lm.ctx = ctx
+        lm._setup(model, tokenizer, source, batch_size, max_length, max_gen_toks, seed)
+        return lm
+
+    def _setup(self, model, tokenizer, source, batch_size, max_length, max_gen_toks, seed) -> None:
         self.model = model.to(self.ctx.device).eval()
         self.tokenizer = tokenizer
-        self.source = str(ckpt or model.rad_meta.get("source"))
+        self.source = source
         self._batch_size = _batch_size(batch_size)
         self._max_length = int(max_length or model.rad_config.max_position_embeddings)
         self._max_gen_toks = int(max_gen_toks)

@@ -28,13 +28,19 @@ def parse_tasks(spec: str) -> list[str]:
     return list(dict.fromkeys(ALIASES.get(n, n) for n in names))
 
 
-def task_manager(tasks: list[str], sources: dict[str, str | None]):
-    """lm-eval's TaskManager over our task folder (plus lm-eval's tasks if a name is not ours); unknown names fail."""
+def task_manager(tasks: list[str], sources: dict[str, str | None], include_paths=()):
+    """lm-eval's TaskManager over our task folder and `include_paths`, plus lm-eval's own tasks only if a name is
+    found in none of those; unknown names fail."""
     from lm_eval.tasks import TaskManager
 
-    foreign = [t for t in tasks if t not in DATA_OF_TASK]
+    for folder in include_paths:
+        if not Path(folder).is_dir():
+            raise RadError(f"--include-path {folder}: no such folder")
     metadata = {f"{name}_data": src for name, src in sources.items() if src is not None}
-    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=bool(foreign), metadata=metadata)
+    paths = [str(TASKS_DIR), *map(str, include_paths)]
+    manager = TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
+    if not set(tasks) <= set(manager.all_tasks):
+        manager = TaskManager(include_path=paths, include_defaults=True, metadata=metadata)
     known = set(manager.all_tasks)
     for name in tasks:
         if name not in known:
@@ -68,10 +74,10 @@ def evaluate(lm, tasks: list[str], manager, limit: int | None = None, num_fewsho
 
 
 def summary(results: dict) -> dict[str, dict[str, float]]:
-    """{task: {metric: value}} without stderr entries or lm-eval's ',<filter>' suffixes."""
+    """{task: {metric: value, 'n_docs': N}} without stderr entries or lm-eval's ',<filter>' suffixes."""
     out = {}
     for task, metrics in results["results"].items():
-        out[task] = {key.split(",")[0]: value for key, value in metrics.items()
+        out[task] = {key.split(",")[0].replace("sample_len", "n_docs"): value for key, value in metrics.items()
                      if isinstance(value, (int, float)) and "_stderr" not in key}
     return out
 

@@ -32,6 +32,6 @@ def score_batch(model, pairs: list[tuple[list[int], list[int]]], max_length: int
         n, c = len(x), len(cont)
         logprobs = torch.log_softmax(logits[i, n - c: n].float(), dim=-1)
         target = torch.tensor(cont, dtype=torch.long, device=device)
-        total = logprobs.gather(-1, target[:, None]).sum().item()
+        total = logprobs.gather(-1, target[:, None]).double().sum().item()  # long texts: no float32 sum drift
         out.append((float(total), bool((logprobs.argmax(-1) == target).all())))
     return out
