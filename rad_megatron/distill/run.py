@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from rad_megatron.data.datasets import load_examples, pack, pad_batch, split_examples

@@ -1,8 +1,9 @@
 """Targeted distillation, student and teacher side of one run.
 
-Student ranks: forward on vocab-parallel logits, receive the teacher's top-k, TP-aware loss, average gradients over
-data-parallel replicas, clip (TP-aware norm), AdamW with warmup + cosine per stage, log, evaluate held-out KL and
-perplexity, and checkpoint atomically (model via dist_checkpointing; optimizer, schedule, sampler and RNG per TP rank).
+Student ranks: forward on vocab-parallel logits, receive the teacher's top-k, TP-aware loss, then Megatron's DDP
+gradient reduction, clipping and Adam (the distributed optimizer when DP > 1) with warmup + cosine per stage
+(distill/optim.py), log, evaluate held-out KL and perplexity, and checkpoint atomically (model via dist_checkpointing;
+optimizer shard, schedule, sampler and RNG per TP x DP rank).
 Teacher ranks: walk the same schedule and serve each micro-batch to the replicas they teach.
 """
 
@@ -15,33 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from rad_megatron.data.datasets import ResumableSampler
 from rad_megatron.distill.losses import LossWeights, distill_loss
+from rad_megatron.distill.optim import OptimConfig, StageOptimizer
 from rad_megatron.distill.schedule import events, replica_slice
 from rad_megatron.distill.stream import StreamConfig, StudentReceiver, TeacherSender, teacher_targets
 from rad_megatron.distill.targeting import Stage, apply_targeting
 from rad_megatron.errors import RadError
 from rad_megatron.model.forward import position_ids_for
-
-
-@dataclass
-class OptimConfig:
-    """AdamW and its schedule (applied per stage)."""
-
-    weight_decay: float = 0.0
-    """MIL trains the new layers without weight decay."""
-    betas: tuple[float, float] = (0.9, 0.98)
-    """Adam betas."""
-    eps: float = 1e-8
-    """Adam epsilon."""
-    clip_grad: float = 1.0
-    """Global gradient-norm clip (0: off)."""
-    warmup_steps: int = 0
-    """Linear warmup at the start of each stage."""
-    min_lr_ratio: float = 0.1
-    """Cosine decays to this fraction of the stage's peak LR."""
 
 
 @dataclass
@@ -91,11 +74,13 @@ class TrainConfig:
 
 
 def lr_at(stage: Stage, optim: OptimConfig, k: int) -> float:
-    """LR at the k-th step (0-based) of a stage."""
+    """The LR of update k (0-based) within a stage, as StageOptimizer's Megatron scheduler sets it (tested): linear
+    warmup reaching the peak at update warmup_steps, then cosine reaching min_lr_ratio * peak at the stage's last
+    update."""
     if k < optim.warmup_steps:
         return stage.lr * (k + 1) / optim.warmup_steps
     span = max(stage.steps - optim.warmup_steps, 1)
-    frac = min((k - optim.warmup_steps) / span, 1.0)
+    frac = min((k + 1 - optim.warmup_steps) / span, 1.0)
     return stage.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -177,16 +162,15 @@ class StudentTrainer:
         from megatron.core import parallel_state
 
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
-        self.dp_group = parallel_state.get_data_parallel_group()
 
     # ---- setup -------------------------------------------------------------------------------------------------
     def _enter_stage(self, idx: int):
         stage = self.cfg.stages[idx]
-        params = apply_targeting(self.model, stage.trainable, self.new_layers)
-        o = self.cfg.optim
-        self.optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=o.betas, eps=o.eps,
-                                           weight_decay=o.weight_decay)
-        self.params = params
+        if self.optimizer is not None:
+            self.optimizer.retire()
+        apply_targeting(self.model, stage.trainable, self.new_layers)
+        self.optimizer = StageOptimizer(self.model, self.cfg.optim, stage.lr, stage.steps, self.role.dp,
+                                        group=self.role.student_group)
         self.stage_idx = idx
 
     def _receiver(self, start_step):
@@ -202,8 +186,8 @@ class StudentTrainer:
         return StudentReceiver(self.role.teacher_for(self.role.dp_rank), self.vocab, self.cfg.stream, expected)
 
     # ---- one micro-batch ---------------------------------------------------------------------------------------
-    def _loss(self, b, step, micro, weights):
-        logits = self.model(input_ids=b["input_ids"], position_ids=position_ids_for(b["input_ids"]),
+    def _loss(self, b, step, micro, weights, module=None):
+        logits = (module or self.model)(input_ids=b["input_ids"], position_ids=position_ids_for(b["input_ids"]),
                             attention_mask=None)
         vals, idx, tnll, ttok = self.receiver.receive(step, micro, b["input_ids"])
         if idx is None:  # the whole vocabulary was sent: index it like a top-k with k = V
@@ -211,28 +195,6 @@ class StudentTrainer:
         loss, terms = distill_loss(logits, vals, idx, b["labels"], b["loss_mask"], weights, self.tp_group,
                                    self.vocab_start, self.vocab)
         return loss, terms, tnll, ttok
-
-    def _reduce_grads(self):
-        if self.role.dp > 1:
-            for p in self.params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, group=self.dp_group)
-                    p.grad /= self.role.dp
-        norm_sq = torch.zeros(1)
-        for p in self.params:  # TP-sharded params: sum over ranks; replicated ones: count once
-            if p.grad is None:
-                continue
-            sq = p.grad.float().pow(2).sum()
-            norm_sq += sq if getattr(p, "tensor_model_parallel", False) else sq / self.role.tp
-        if self.role.tp > 1:
-            dist.all_reduce(norm_sq, group=self.tp_group)
-        norm = norm_sq.sqrt().item()
-        clip = self.cfg.optim.clip_grad
-        if clip and norm > clip:
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.mul_(clip / (norm + 1e-6))
-        return norm
 
     # ---- evaluation --------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -267,24 +229,20 @@ class StudentTrainer:
             if stage_idx != self.stage_idx:
                 self._enter_stage(stage_idx)
             stage = cfg.stages[stage_idx]
-            lr = lr_at(stage, cfg.optim, step - first)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
             t0 = time.perf_counter()
             wait0, bytes0 = self.receiver.wait_s, self.receiver.bytes_received
             indices = self.sampler.take(per_step)
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             terms_sum: dict = {}
             for m in range(cfg.grad_accum):
                 b = _batch(self.train_data, replica_slice(indices, self.role.dp_rank, m, self.role.dp,
                                                           cfg.micro_batch_size))
-                loss, terms, _, _ = self._loss(b, step, m, cfg.loss)
+                loss, terms, _, _ = self._loss(b, step, m, cfg.loss, self.optimizer.ddp)
                 (loss / cfg.grad_accum).backward()
                 terms_sum["loss"] = terms_sum.get("loss", 0.0) + loss.item() / cfg.grad_accum
                 for k, v in terms.items():
                     terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum
-            norm = self._reduce_grads()
-            self.optimizer.step()
+            lr, norm = self.optimizer.step()
             dt = time.perf_counter() - t0
             rec = {"step": step, "stage": stage.name, "lr": lr, "grad_norm": norm, **terms_sum,
                    "tokens_per_s": per_step * self.train_data["input_ids"].shape[1] / dt,
@@ -331,15 +289,19 @@ class StudentTrainer:
         meta = {**self.meta, "train": {"step": step, "config": json.loads(json.dumps(asdict(self.cfg))),
                                        "new_layers": self.new_layers}}
         save_model(self.model, path, metadata=meta, force=True, tokenizer=self.tokenizer,
-                   per_rank_state=state if self.role.dp_rank == 0 else None, per_rank_name=f"tp{self.role.tp_rank}")
+                   per_rank_state=state, per_rank_name=self._state_name())
         if self.role.is_main:
             latest = self.out / "checkpoints" / "latest.txt"
             tmp = latest.with_suffix(".tmp")
             tmp.write_text(path.name)
             tmp.replace(latest)
 
+    def _state_name(self) -> str:
+        # every rank writes its own: under the distributed optimizer each DP replica holds a different shard
+        return f"tp{self.role.tp_rank}_dp{self.role.dp_rank}"
+
     def load_state(self, path: Path) -> int:
-        state = torch.load(Path(path) / "train_state" / f"tp{self.role.tp_rank}.pt", weights_only=False)
+        state = torch.load(Path(path) / "train_state" / f"{self._state_name()}.pt", weights_only=False)
         self._enter_stage(state["stage_idx"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])

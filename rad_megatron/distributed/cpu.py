@@ -14,6 +14,11 @@ covered by a test in tests/unit/test_cpu_shims.py. On a GPU none of them is appl
 | final_norm      | HybridStack.final_norm is a hard-coded TENorm (needs TE)          | WrappedTorchNorm (torch RMSNorm)   |
 | cuda_sync       | dist_checkpointing's writer calls torch.cuda.synchronize          | no-op (CPU work is synchronous)    |
 |                 | (and the optimizer torch.cuda.empty_cache)                        |                                    |
+
+One more, scoped rather than global: `megatron_cuda_on_cpu()` wraps the calls into Megatron's DDP and optimizer
+(buffers and flags created with device='cuda', `.cuda()` copies, `param.type() == 'torch.cuda.FloatTensor'` asserts,
+`torch.cuda.current_stream()` in the grad sync). It is a context manager so that nothing else in the process sees
+CPU tensors reporting a CUDA type.
 """
 
 from __future__ import annotations
@@ -116,6 +121,46 @@ def _shim_cuda_sync():
     _ORIGINALS["cuda_sync"] = torch.cuda.synchronize
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.empty_cache = lambda *a, **k: None
+
+
+class _CudaOnCpuMode(torch.overrides.TorchFunctionMode):
+    """Inside the mode: device='cuda' (or a CUDA index) becomes 'cpu', `.cuda()` returns the tensor itself, and
+    `Tensor.type()` names the CUDA type Megatron's optimizer asserts on."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
+        dev = kwargs.get("device")
+        if dev is not None and (isinstance(dev, int) or str(dev).startswith("cuda")):
+            kwargs = {**kwargs, "device": "cpu"}
+        return func(*args, **kwargs)
+
+
+class _NullStream:
+    def wait_stream(self, *args):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+@contextlib.contextmanager
+def megatron_cuda_on_cpu():
+    """Run Megatron's DDP / optimizer code on CPU tensors (no-op when CUDA is available)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    saved = torch.cuda.current_stream
+    torch.cuda.current_stream = lambda *a, **k: _NullStream()
+    try:
+        with _CudaOnCpuMode():
+            yield
+    finally:
+        torch.cuda.current_stream = saved
 
 
 CPU_SHIMS = {

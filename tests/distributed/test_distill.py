@@ -31,8 +31,8 @@ def setup(tmp_path_factory):
     return d
 
 
-def _pipeline(d, out, *extra):
-    proc = rad("pipeline", "--config", str(d / "cfg.yaml"), "--out", str(out), *extra, nproc=2)
+def _pipeline(d, out, *extra, nproc=2):
+    proc = rad("pipeline", "--config", str(d / "cfg.yaml"), "--out", str(out), *extra, nproc=nproc)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -48,11 +48,14 @@ def _strip(rows):  # timing fields differ run to run
 
 
 def test_kill_and_resume_is_bit_exact_and_targeting_holds(dist, setup):
+    """Two student replicas (DP=2: Megatron's distributed optimizer shards Adam state per replica) + one teacher."""
     d = setup
-    full = _pipeline(d, d / "full")
-    _pipeline(d, d / "cut", "--stop-after", "6")
+    full = _pipeline(d, d / "full", nproc=3)
+    _pipeline(d, d / "cut", "--stop-after", "6", nproc=3)
     assert (d / "cut/checkpoints/latest.txt").read_text() == "step_000006"
-    resumed = _pipeline(d, d / "cut", "--resume")
+    assert sorted(p.name for p in (d / "cut/checkpoints/step_000006/train_state").iterdir()) == [
+        "tp0_dp0.pt", "tp0_dp1.pt"]
+    resumed = _pipeline(d, d / "cut", "--resume", nproc=3)
     assert _strip(resumed) == _strip(full)
     a, b = _weights(d / "full/checkpoints/step_000012"), _weights(d / "cut/checkpoints/step_000012")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -128,3 +131,16 @@ def test_bad_input(setup, tmp_path):
     _one_line(rad("pipeline", *cfg, "distill.train.stages.0.lr=0.1", "--out", str(run), "--resume", nproc=2),
               "different distill config")
     assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_megatron_distributed_optimizer_dp2_equals_one_process(tmp_path):
+    """Megatron DDP + distributed optimizer at DP=2 (half the batch per replica) == torch AdamW on the whole batch,
+    clipping engaged (clip 0.008 < the gradient norm) and the warmup + cosine LR equal to `lr_at` at every step."""
+    out = tmp_path / "r.json"
+    torchrun(2, ROOT / "tests/distributed/workers/optim_dp.py", str(out))
+    res = json.loads(out.read_text())
+    assert res["dp"] == 2 and res["distributed"]
+    for norm, ref_norm, lr, ref_lr in res["norms"]:
+        assert abs(norm - ref_norm) <= 1e-5 * ref_norm and lr == pytest.approx(ref_lr, rel=1e-12)
+    assert max(n[1] for n in res["norms"]) > 0.008, "the clip must engage for this test to cover it"
+    assert res["max_diff"] < 1e-6, res

@@ -71,3 +71,47 @@ def test_cuda_sync(dist):
     with pytest.raises((AssertionError, RuntimeError)):
         cpu._ORIGINALS["cuda_sync"]()
     torch.cuda.synchronize()  # the shim: a no-op that dist_checkpointing's writer can call
+
+
+def _tiny_model():
+    from rad_megatron.config import ModelConfig
+    from rad_megatron.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2,
+                                   num_attention_heads=2, num_kv_heads=1))
+
+
+def test_megatron_optimizer_on_cpu_matches_torch_adamw(dist):
+    """Megatron's DDP + optimizer hard-code CUDA (buffers, `.type()` asserts, streams); inside the scoped mode they run
+    on CPU and three updates equal torch's AdamW on the same gradients (same seeds, fp32)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from rad_megatron.distill.optim import OptimConfig, StageOptimizer
+
+    with pytest.raises((AssertionError, RuntimeError), match="cuda|CUDA"):
+        model = _tiny_model()
+        get_megatron_optimizer(OptimizerConfig(lr=1e-3),
+                               [DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)])
+    ours, ref = _tiny_model(), _tiny_model()
+    for model in (ours, ref):
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("decoder.layers.2."))  # one block's mixer, as targeting does
+    opt = StageOptimizer(ours, OptimConfig(clip_grad=0.0, warmup_steps=0, min_lr_ratio=1.0), 1e-2, steps=3, dp=1)
+    params = [p for p in ref.parameters() if p.requires_grad]
+    torch_opt = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
+    ids = torch.randint(0, 32, (2, 8))
+    pos = torch.arange(8).expand(2, 8)
+    for _ in range(3):
+        opt.zero_grad()
+        torch_opt.zero_grad()
+        opt.ddp(input_ids=ids, position_ids=pos, attention_mask=None).pow(2).mean().backward()
+        ref(input_ids=ids, position_ids=pos, attention_mask=None).pow(2).mean().backward()
+        lr, norm = opt.step()
+        torch_opt.step()
+        assert lr == pytest.approx(1e-2) and norm > 0
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+    moved = ours.decoder.layers[2].self_attention.linear_qkv.weight
+    assert not torch.equal(moved, _tiny_model().decoder.layers[2].self_attention.linear_qkv.weight)
