@@ -1,0 +1,1 @@
+"""The convergence study: RAD's layer choice against baseline choices under identical distillation budgets."""

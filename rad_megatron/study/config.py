@@ -1,0 +1,159 @@
+"""The study's YAML config: which strategies, sizes, inits and seeds, and the one training budget they all share.
+
+A `quick:` mapping in the same file is merged over the rest when `--quick` is given (a smaller preset with the same
+shape), so both presets live side by side and cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rad_megatron.errors import RadError
+from rad_megatron.settings import ModelSource, _merge, apply_overrides, from_dict, read_yaml
+from rad_megatron.study.strategies import STRATEGIES
+
+
+@dataclass
+class StudyProbe:
+    """Where the strategies' probe evidence comes from."""
+
+    file: str = "docs/results/probe_smollm2.json"
+    """An existing probe.json (per-layer scores, per-layer skip KL, a searched set); relative to the working dir."""
+    search_trials: int = 8
+    """Bayesian-search trials for each k the file has not searched (run once, cached in the study folder)."""
+    prompts: str = ""
+    """Prompts for a missing search or skip KL; empty: the file's `settings.prompts`."""
+    num_prompts: int | None = None
+    """Prompts used; None: the file's setting (same evidence as its per-layer scores)."""
+
+
+@dataclass
+class StudyData:
+    """The distillation text (GSM8K train, chat format) and the held-out set."""
+
+    path: str = "../shared/data/gsm8k/train.jsonl"
+    """jsonl with question/answer fields."""
+    seq_len: int = 128
+    """Tokens per packed training sequence."""
+    held_out: int = 16
+    """Examples held out (before packing) for evaluation: whole examples, answers only in the metrics."""
+    eval_seq_len: int = 256
+    """Held-out examples are cut at this many tokens (long enough for whole GSM8K answers)."""
+    max_examples: int | None = 2000
+    """Training examples tokenized and packed (a run uses far fewer; this bounds start-up time)."""
+    seed: int = 0
+    """Seed of the held-out split."""
+
+
+@dataclass
+class StudyTrain:
+    """The budget every run gets (identical across strategies, sizes and inits)."""
+
+    steps: int = 40
+    """Optimizer steps per run."""
+    micro_batch_size: int = 2
+    """Sequences per step."""
+    lr: float = 1e-3
+    """Peak learning rate (warmup, then cosine to optim.min_lr_ratio * lr)."""
+    optim: dict = field(default_factory=lambda: {"warmup_steps": 3})
+    """distill.optim.OptimConfig fields (the trainer's optimizer: Megatron's Adam + scheduler)."""
+    loss: dict = field(default_factory=dict)
+    """distill.losses.LossWeights fields (default: forward KL on the teacher's top-k + tail)."""
+    top_k: int = 64
+    """Teacher log-probabilities kept per token (the cache holds these)."""
+    eval_every: int = 5
+    """Held-out evaluation every N steps (and at step 0 and at the end)."""
+    eval_batch_size: int = 8
+    """Held-out examples per forward."""
+    trainable: str = "new_mamba"
+    """Parameter group that trains (distill.targeting): RAD trains only the new Mamba layers."""
+
+
+@dataclass
+class StudyAccuracy:
+    """GSM8K accuracy of the teacher and the final students (rad_megatron.eval's scorer)."""
+
+    limit: int = 200
+    """Test questions scored (0: skip accuracy)."""
+    seeds: list[int] | None = None
+    """Seeds whose final students are scored; None: all seeds."""
+    max_new_tokens: int = 256
+    """Generation budget per question."""
+    batch_size: int = 32
+    """Questions per generation batch."""
+    path: str = "../shared/data/gsm8k/test.jsonl"
+    """GSM8K test jsonl."""
+
+
+@dataclass
+class StudyConfig:
+    """RAD's layer choice against its baselines, every run under one training budget."""
+
+    model: ModelSource = field(default_factory=ModelSource)
+    """Teacher and the model every student is swapped from."""
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    """Layer-selection strategies (study.strategies)."""
+    ks: list[int] = field(default_factory=lambda: [4, 8])
+    """Numbers of attention layers replaced."""
+    inits: list[str] = field(default_factory=lambda: ["rad_zero", "mil"])
+    """Mamba initialisations (swap.INITS)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """Seeds: the new layers' default init, the `random` set and the data order (shared by all strategies)."""
+    probe: StudyProbe = field(default_factory=StudyProbe)
+    """Probe evidence."""
+    data: StudyData = field(default_factory=StudyData)
+    """Training and held-out data."""
+    train: StudyTrain = field(default_factory=StudyTrain)
+    """The shared training budget."""
+    accuracy: StudyAccuracy = field(default_factory=StudyAccuracy)
+    """GSM8K accuracy of teacher and students."""
+    out: str = "runs/study_smollm2"
+    """Study folder (teacher cache, probe additions, one folder per run, report)."""
+
+    def __post_init__(self):
+        from rad_megatron.swap import INITS
+
+        for name, values, allowed in (("strategies", self.strategies, STRATEGIES), ("inits", self.inits, INITS)):
+            bad = [v for v in values if v not in allowed]
+            if bad or not values:
+                raise RadError(f"config.{name}: {bad or 'empty'} not among {', '.join(allowed)}")
+        if not self.ks or any(not isinstance(k, int) or k < 1 for k in self.ks):
+            raise RadError(f"config.ks={self.ks} must be a non-empty list of positive integers")
+        if not self.seeds:
+            raise RadError("config.seeds is empty; give at least one seed")
+        if "uniform" not in self.strategies:
+            raise RadError("config.strategies must include 'uniform': the report measures every strategy against it")
+        t = self.train
+        if t.steps < 1 or t.micro_batch_size < 1 or t.eval_every < 1:
+            raise RadError("config.train.steps, micro_batch_size and eval_every must be >= 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_study_config(path, overrides=(), quick: bool = False) -> StudyConfig:
+    data = read_yaml(Path(path))
+    preset = data.pop("quick", None)
+    if quick:
+        if not isinstance(preset, dict):
+            raise RadError(f"--quick: {path} has no `quick:` mapping to apply")
+        data = _merge(data, copy.deepcopy(preset))
+    data = apply_overrides(data, list(overrides))
+    return from_dict(StudyConfig, data, "config")
+
+
+def optim_config(train: StudyTrain):
+    from rad_megatron.distill.optim import OptimConfig
+
+    o = from_dict(OptimConfig, dict(train.optim), "config.train.optim")
+    o.betas = tuple(o.betas)
+    return o
+
+
+def loss_weights(train: StudyTrain):
+    from rad_megatron.distill.losses import LossWeights
+
+    return from_dict(LossWeights, dict(train.loss), "config.train.loss")

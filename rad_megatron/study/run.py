@@ -1,0 +1,161 @@
+"""The study as one resumable library call: probe evidence -> the run grid -> data and teacher cache (once) -> every
+run (skipping finished ones) -> GSM8K accuracy -> report.
+
+Resuming: a finished run has done.json (written last, atomically); a run interrupted midway left nothing under its
+final names and starts again from scratch. The probe additions, the teacher cache and each accuracy result are
+cached files too. A study folder refuses a restart whose data, training or probe settings differ (the finished runs
+would not be comparable); the grid itself (strategies, ks, inits, seeds) may grow or shrink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from rad_megatron.errors import RadError
+from rad_megatron.study.strategies import NEEDS_PROBE, select_layers
+from rad_megatron.study.train import RunSpec, is_done, load_student, train_run
+
+COMPARABLE = ("model", "probe", "data", "train")  # settings every run of one folder must share
+
+
+def _check_folder(out: Path, cfg, force: bool) -> None:
+    marker = out / "study.json"
+    mine = {k: v for k, v in cfg.to_dict().items() if k in COMPARABLE}
+    if marker.is_file() and json.loads(marker.read_text()).get("comparable") != mine:
+        if not force:
+            old = json.loads(marker.read_text()).get("comparable", {})
+            diff = sorted(k for k in COMPARABLE if old.get(k) != mine.get(k))
+            raise RadError(f"study folder '{out}' holds runs made with other {', '.join(diff)} settings; choose "
+                           f"another out=... or pass --force to delete them and start over")
+        shutil.rmtree(out)
+    elif not marker.is_file() and out.exists() and any(out.iterdir()) and not force:
+        raise RadError(f"'{out}' is not empty and holds no study; choose another out=... or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".study.json.tmp"
+    tmp.write_text(json.dumps({"comparable": mine, "config": cfg.to_dict()}, indent=2))
+    os.replace(tmp, marker)
+
+
+def load_base(source):
+    """(model, tokenizer, source name) of the teacher / starting model."""
+    from transformers import AutoTokenizer
+
+    if source.ckpt:
+        from rad_megatron.checkpoint.store import load_model, load_tokenizer
+
+        return load_model(source.ckpt).eval(), load_tokenizer(source.ckpt), str(source.ckpt)
+    from rad_megatron.checkpoint.hf_import import model_from_hf
+    from rad_megatron.checkpoint.hf_source import resolve
+
+    src = resolve(source.hf)
+    model, _ = model_from_hf(src)
+    return model.eval(), AutoTokenizer.from_pretrained(src.folder), str(src.folder)
+
+
+def make_plan(cfg, attention_layers: list[int], evidence) -> list[RunSpec]:
+    """Seed-major order, so a study cut short still has whole seeds to compare."""
+    return [RunSpec(s, k, init, seed, tuple(select_layers(s, k, attention_layers, evidence, seed=seed)))
+            for seed in cfg.seeds for k in cfg.ks for init in cfg.inits for s in cfg.strategies]
+
+
+class Timings:
+    """Compute seconds per phase, kept across invocations in timings.json."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.data[phase] = self.data.get(phase, 0.0) + seconds
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+
+def _evidence(cfg, base, tok, out: Path, timings: Timings, log):
+    from rad_megatron.study.evidence import gather_evidence
+
+    if not any(s in NEEDS_PROBE for s in cfg.strategies):
+        return None, []
+    t0 = time.perf_counter()
+    evidence, sources = gather_evidence(cfg, base, tok, out, log)
+    if time.perf_counter() - t0 > 5:  # a search or KL was run now (loading cached files takes milliseconds)
+        timings.add("probe additions", time.perf_counter() - t0)
+    return evidence, sources
+
+
+def _teacher(cfg, base, tok, source, out: Path, timings: Timings, log):
+    from rad_megatron.study.teacher import build_data, data_order, teacher_cache
+
+    t0 = time.perf_counter()
+    train, held = build_data(tok, cfg.data)
+    t = cfg.train
+    orders = {seed: data_order(train["input_ids"].shape[0], seed, t.steps, t.micro_batch_size) for seed in cfg.seeds}
+    cache_file = out / "teacher_cache.pt"
+    fresh = not cache_file.is_file()
+    cache = teacher_cache(base, train, held, [r for o in orders.values() for r in o], t.top_k, t.eval_batch_size,
+                          cache_file, source, log)
+    if fresh:
+        timings.add("data + teacher cache", time.perf_counter() - t0)
+    return train, held, orders, cache
+
+
+def _accuracy(cfg, base, tok, out: Path, plan: list[RunSpec], log) -> dict:
+    from rad_megatron.study.accuracy import cached_accuracy, read_questions
+
+    a = cfg.accuracy
+    if a.limit <= 0:
+        return {}
+    questions = read_questions(a.path, a.limit)
+    seeds = set(cfg.seeds if a.seeds is None else a.seeds)
+    models = [("teacher", lambda: base)] + [
+        (spec.name, lambda f=out / "runs" / spec.name: load_student(base, f))
+        for spec in plan if spec.seed in seeds and is_done(out / "runs" / spec.name)]
+    results = {}
+    for name, build in models:
+        path = out / "accuracy" / f"{name}.json"
+        if not path.is_file():
+            log(f"GSM8K accuracy: {name} ({len(questions)} questions)")
+        results[name] = cached_accuracy(path, build, tok, questions, a.max_new_tokens, a.batch_size)
+    return results
+
+
+def run_study(cfg, command: str, force: bool = False, max_runs: int | None = None, log=print) -> Path:
+    """Run (or continue) the study into cfg.out; returns the report's path."""
+    from rad_megatron.distributed import ParallelConfig, init_distributed
+    from rad_megatron.study.report import read_jsonl, write_report
+
+    out = Path(cfg.out)
+    _check_folder(out, cfg, force)
+    init_distributed(ParallelConfig(tp=1, seed=0))
+    timings = Timings(out / "timings.json")
+    base, tok, source = load_base(cfg.model)
+    evidence, sources = _evidence(cfg, base, tok, out, timings, log)
+    plan = make_plan(cfg, base.rad_config.attention_layers, evidence)
+    train, held, orders, cache = _teacher(cfg, base, tok, source, out, timings, log)
+    trained = 0
+    for i, spec in enumerate(plan):
+        folder = out / "runs" / spec.name
+        if is_done(folder):
+            continue
+        if max_runs is not None and trained >= max_runs:
+            log(f"stopping after {trained} runs (--max-runs); run the same command again to continue")
+            break
+        log(f"run {i + 1}/{len(plan)}: {spec.name} layers {list(spec.layers)}")
+        train_run(base, spec, cfg, train, held, orders[spec.seed], cache, folder, log)
+        trained += 1
+    finished = [s for s in plan if is_done(out / "runs" / s.name)]
+    acc = _accuracy(cfg, base, tok, out, plan, log) if len(finished) == len(plan) else {}
+    rows = [r for s in finished for r in read_jsonl(out / "runs" / s.name / "metrics.jsonl")]
+    seconds = {**timings.data,
+               "runs": sum(json.loads((out / "runs" / s.name / "done.json").read_text())["seconds"] for s in finished),
+               "accuracy": sum(r["seconds"] for r in acc.values())}
+    md = write_report(out, cfg, command, [s.fields() for s in plan], evidence.to_dict() if evidence else {},
+                      sources, rows, {k: {kk: v for kk, v in r.items() if kk != "samples"} for k, r in acc.items()},
+                      seconds)
+    log(f"wrote {md} ({len(finished)} of {len(plan)} runs finished)")
+    return md

@@ -1,0 +1,136 @@
+"""One run of the study: swap the chosen layers, train the new Mamba layers against the cached teacher targets, and
+evaluate held-out KL and perplexity every few steps.
+
+The loss (distill.losses.distill_loss), the parameter targeting (distill.targeting) and the optimizer with its
+warmup + cosine schedule (distill.optim.StageOptimizer: Megatron's DDP, Adam and scheduler) are the trainer's own;
+only the teacher side differs (targets read from the study's cache instead of streamed from a teacher rank).
+A run's files appear only when it is complete: metrics.jsonl, the swapped layers' weights, then done.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rad_megatron.distill.losses import LossWeights, distill_loss
+from rad_megatron.model.forward import position_ids_for
+from rad_megatron.model.layout import mixer_layer_index
+from rad_megatron.study.teacher import train_targets
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the study grid."""
+
+    strategy: str
+    k: int
+    init: str
+    seed: int
+    layers: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy}-k{self.k}-{self.init}-s{self.seed}"
+
+    def fields(self) -> dict:
+        return {"run": self.name, "strategy": self.strategy, "k": self.k, "init": self.init, "seed": self.seed,
+                "layers": list(self.layers)}
+
+
+def is_done(folder: Path) -> bool:
+    return (folder / "done.json").is_file()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model, held: dict, held_targets: list, batch_size: int, vocab: int) -> dict:
+    """Held-out KL(teacher || student) on top-k + tail and the student's perplexity of the answer tokens, both
+    per-token means over the held-out answers (the trainer's evaluation, on cached targets)."""
+    weights = LossWeights(fkl=1.0, ce=1.0)
+    kl = nll = n = t_nll = t_tok = 0.0
+    for i, (vals, idx, tnll, ttok) in enumerate(held_targets):
+        b = {k: v[i * batch_size:(i + 1) * batch_size] for k, v in held.items()}
+        logits = model(input_ids=b["input_ids"], position_ids=position_ids_for(b["input_ids"]), attention_mask=None)
+        _, terms = distill_loss(logits, vals, idx.long(), b["labels"], b["loss_mask"], weights, None, 0, vocab)
+        m = b["loss_mask"].sum().item()
+        kl, nll, n, t_nll, t_tok = kl + terms["fkl"] * m, nll + terms["ce"] * m, n + m, t_nll + tnll, t_tok + ttok
+    return {"heldout_kl": kl / n, "heldout_ppl": math.exp(nll / n), "teacher_ppl": math.exp(t_nll / t_tok)}
+
+
+def swapped_layer_state(model, layers) -> dict:
+    """The weights a final student differs from the original model in: its new mixer layers (cheap to keep)."""
+    prefixes = tuple(f"decoder.layers.{mixer_layer_index(b)}." for b in layers)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if k.startswith(prefixes) and not k.endswith("_extra_state")}
+
+
+def train_run(base, spec: RunSpec, cfg, train: dict, held: dict, order: list[int], cache: dict, folder: Path,
+              log=print) -> dict:
+    """Run `spec` to the end and write its files; returns the done.json content."""
+    from rad_megatron.distill.optim import StageOptimizer
+    from rad_megatron.distill.targeting import apply_targeting
+    from rad_megatron.study.config import loss_weights, optim_config
+    from rad_megatron.swap import swap_attention_to_mamba
+
+    t0 = time.perf_counter()
+    tc = cfg.train
+    vocab = base.rad_config.vocab_size
+    student = swap_attention_to_mamba(base, list(spec.layers), init=spec.init, seed=spec.seed)
+    apply_targeting(student, tc.trainable, list(spec.layers))
+    opt = StageOptimizer(student, optim_config(tc), tc.lr, tc.steps, dp=1)
+    weights, per_step = loss_weights(tc), tc.micro_batch_size * train["input_ids"].shape[1]
+    records = [{**spec.fields(), "kind": "eval", "step": 0, "tokens": 0,
+                **evaluate(student.eval(), held, cache["held"], tc.eval_batch_size, vocab)}]
+    student.train()
+    for step in range(1, tc.steps + 1):
+        rows = order[(step - 1) * tc.micro_batch_size: step * tc.micro_batch_size]
+        vals, idx = train_targets(cache, rows)
+        ts = time.perf_counter()
+        opt.zero_grad()
+        ids = train["input_ids"][rows]
+        logits = opt.ddp(input_ids=ids, position_ids=position_ids_for(ids), attention_mask=None)
+        loss, terms = distill_loss(logits, vals, idx, train["labels"][rows], train["loss_mask"][rows], weights,
+                                   None, 0, vocab)
+        loss.backward()
+        lr, norm = opt.step()
+        records.append({**spec.fields(), "kind": "train", "step": step, "tokens": step * per_step,
+                        "loss": loss.item(), **terms, "lr": lr, "grad_norm": norm,
+                        "seconds": time.perf_counter() - ts})
+        if step % tc.eval_every == 0 or step == tc.steps:
+            records.append({**spec.fields(), "kind": "eval", "step": step, "tokens": step * per_step,
+                            **evaluate(student.eval(), held, cache["held"], tc.eval_batch_size, vocab)})
+            student.train()
+            log(f"{spec.name}: step {step}/{tc.steps} held-out KL {records[-1]['heldout_kl']:.4f}")
+    opt.retire()
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    tmp = folder / ".student_layers.pt.tmp"
+    torch.save({"layers": list(spec.layers), "init": spec.init, "state": swapped_layer_state(student, spec.layers)},
+               tmp)
+    os.replace(tmp, folder / "student_layers.pt")
+    done = {**spec.fields(), "seconds": time.perf_counter() - t0, "final": records[-1]}
+    _write_atomic(folder / "done.json", json.dumps(done, indent=2))
+    return done
+
+
+def load_student(base, folder: Path):
+    """A finished run's final student: the original model swapped as the run did, with its trained layers loaded."""
+    from rad_megatron.swap import swap_attention_to_mamba
+
+    saved = torch.load(folder / "student_layers.pt", weights_only=False)
+    student = swap_attention_to_mamba(base, saved["layers"], init=saved["init"], seed=0)
+    missing = student.load_state_dict(saved["state"], strict=False)
+    if missing.unexpected_keys:
+        raise RuntimeError(f"{folder}: unexpected keys in student_layers.pt: {missing.unexpected_keys[:3]}")
+    return student.eval()

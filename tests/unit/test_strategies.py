@@ -1,0 +1,106 @@
+"""Layer-selection strategies on synthetic probe evidence, and the convergence arithmetic the study reports."""
+
+import math
+
+import pytest
+
+from rad_megatron.errors import RadError
+from rad_megatron.study.metrics import fmt_values, speedup, tokens_to_target
+from rad_megatron.study.strategies import STRATEGIES, ProbeEvidence, select_layers
+
+LAYERS = list(range(10))
+# layer b's probe score falls with b except two bumps; skip KL rises with b except layer 9
+SCORES = {b: 1.0 - 0.05 * b for b in LAYERS} | {7: 0.99, 2: 0.1}
+SKIP_KL = {b: 0.1 * (b + 1) for b in LAYERS} | {9: 0.01}
+
+
+def evidence():
+    return ProbeEvidence(scores=dict(SCORES), skip_kl=dict(SKIP_KL), searched={3: [1, 4, 7]})
+
+
+def test_each_strategy_picks_what_it_promises():
+    ev = evidence()
+    assert select_layers("rad", 3, LAYERS, ev) == [1, 4, 7]
+    assert select_layers("worst", 3, LAYERS, ev) == [2, 8, 9]  # lowest scores: 0.1, 0.6, 0.55
+    assert select_layers("kl", 3, LAYERS, ev) == [0, 1, 9]  # smallest skip KL: 0.01, 0.1, 0.2
+    assert select_layers("uniform", 3, LAYERS) == [0, 3, 6]  # MIL: every n-th starting at the first
+    assert select_layers("uniform", 5, LAYERS) == [0, 2, 4, 6, 8]
+    assert select_layers("uniform", 10, LAYERS) == LAYERS
+
+
+def test_uniform_on_30_layers_matches_mil_interleaving():
+    # MIL's 25%-Mamba Llama-3 config replaces layers 0, 4, 8, ..., 28 of 32
+    assert select_layers("uniform", 8, list(range(32))) == list(range(0, 32, 4))
+    picked = select_layers("uniform", 4, list(range(30)))
+    assert picked == [0, 7, 15, 22] and len(set(picked)) == 4
+
+
+def test_uniform_and_random_only_pick_attention_layers():
+    attn = [0, 2, 3, 5, 8, 9, 11]  # some layers already Mamba
+    assert set(select_layers("uniform", 3, attn)) <= set(attn)
+    for seed in range(5):
+        got = select_layers("random", 4, attn, seed=seed)
+        assert len(got) == 4 and set(got) <= set(attn) and got == sorted(got)
+
+
+def test_random_is_seeded():
+    a = select_layers("random", 4, list(range(30)), seed=3)
+    assert a == select_layers("random", 4, list(range(30)), seed=3)
+    assert any(select_layers("random", 4, list(range(30)), seed=s) != a for s in range(4, 10))
+
+
+def test_strategies_are_distinct_on_the_real_probe():
+    import json
+    from pathlib import Path
+
+    report = json.loads((Path(__file__).resolve().parents[2] / "docs/results/probe_smollm2.json").read_text())
+    ev = ProbeEvidence.from_reports([report])
+    sets = {s: tuple(select_layers(s, 4, list(range(30)), ev, seed=0)) for s in STRATEGIES}
+    assert sets["rad"] == tuple(report["chosen"]["skip"])
+    assert len(set(sets.values())) == len(STRATEGIES)
+    assert set(sets["worst"]).isdisjoint(sets["rad"])
+
+
+def test_missing_evidence_is_a_rad_error():
+    with pytest.raises(RadError, match="needs the probe"):
+        select_layers("rad", 3, LAYERS)
+    with pytest.raises(RadError, match="searched set for k=4"):
+        select_layers("rad", 4, LAYERS, evidence())
+    with pytest.raises(RadError, match="no per-layer skip KL"):
+        select_layers("kl", 2, LAYERS, ProbeEvidence(scores=dict(SCORES)))
+    with pytest.raises(RadError, match="between 1 and"):
+        select_layers("uniform", 11, LAYERS)
+    with pytest.raises(RadError, match="not one of"):
+        select_layers("best", 2, LAYERS)
+
+
+def test_evidence_merges_reports():
+    base = {"settings": {"objective": "acceptance"},
+            "per_layer": [{"skip": [b], "acceptance": SCORES[b], "throughput": 0.0} for b in LAYERS],
+            "chosen": {"skip": [4, 1, 7]}, "sanity": {"per_layer_skip_kl": {str(b): v for b, v in SKIP_KL.items()}}}
+    ev = ProbeEvidence.from_reports([base, {"chosen": {"skip": [1, 2, 3, 4, 5]}}])
+    assert ev.scores == SCORES and ev.skip_kl == SKIP_KL and ev.objective == "acceptance"
+    assert ev.searched == {3: [1, 4, 7], 5: [1, 2, 3, 4, 5]}
+
+
+def test_tokens_to_target_interpolates():
+    curve = [(0, 1.0), (100, 0.6), (200, 0.2), (300, 0.25)]
+    assert tokens_to_target(curve, 0.4) == pytest.approx(150.0)
+    assert tokens_to_target(curve, 0.6) == pytest.approx(100.0)
+    assert tokens_to_target(curve, 1.5) == 0.0
+    assert tokens_to_target(curve, 0.1) is None
+    assert speedup(150.0, 50.0) == pytest.approx(3.0)
+    assert math.isinf(speedup(150.0, 0.0)) and speedup(0.0, 0.0) == 1.0 and speedup(150.0, None) is None
+
+
+def test_fmt_values():
+    assert fmt_values([1.0, 3.0], ".2f") == "2.00 ± 1.41"
+    assert fmt_values([2.0, math.inf], ".2f") == "2.00 / ∞"
+    assert fmt_values([None, 5.0], ".0f", 640) == "> 640 / 5"
+
+
+def test_tokens_to_target_trained_ignores_the_start():
+    cliff = [(0, 0.2), (100, 0.9), (200, 0.5), (300, 0.3)]  # starts below target, jumps up, recovers
+    assert tokens_to_target(cliff, 0.4) == 0.0
+    assert tokens_to_target(cliff, 0.4, trained=True) == pytest.approx(250.0)
+    assert tokens_to_target([(0, 0.2), (100, 0.35)], 0.4, trained=True) == 100
