@@ -36,8 +36,8 @@ def add_parser(sub):
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the step time")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense TFLOP/s per GPU (H100 BF16: 989)")
     p.add_argument("--kernels", choices=("gpu", "cpu"), default="gpu",
-                   help="gpu: Transformer Engine, flash attention, mamba_ssm, Megatron DDP + fused Adam; "
-                        "cpu: rad_megatron's torch paths and torch AdamW")
+                   help="gpu: Transformer Engine, flash attention, mamba_ssm, fused Adam; cpu: rad_megatron's torch "
+                        "paths and torch AdamW (both with Megatron DDP's fp32 gradient buffer)")
     p.add_argument("--json", action="store_true", help="also print the plan as one JSON line")
     p.set_defaults(run="rad_megatron.commands.plan:run")
 

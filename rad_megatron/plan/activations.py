@@ -39,13 +39,16 @@ class Kernels:
     fused_ssd: bool
     """mamba_ssm chunk scan + causal_conv1d (keep their inputs) vs rad_megatron's torch chunked SSD."""
     grad_buffer: bool
-    """Megatron DDP's fp32 gradient buffer, held all run, vs torch gradients made in backward, freed by zero_grad."""
+    """Megatron DDP's fp32 gradient buffer, held all run (what the trainer uses), vs plain torch gradients made in
+    the backward pass and freed by zero_grad(set_to_none=True)."""
     fused_adam: bool
     """Adam step without temporaries (TE/Apex FusedAdam) vs torch AdamW's two per-tensor temporaries."""
 
 
 GPU = Kernels("gpu", te_norm_linear=True, flash_attention=True, fused_ssd=True, grad_buffer=True, fused_adam=True)
-CPU = Kernels("cpu", te_norm_linear=False, flash_attention=False, fused_ssd=False, grad_buffer=False, fused_adam=False)
+# What `rad distill` runs on CPU: the local spec's torch ops, Megatron DDP's gradient buffer, torch's AdamW (the fallback
+# of Megatron's optimizer without TE/Apex)
+CPU = Kernels("cpu", te_norm_linear=False, flash_attention=False, fused_ssd=False, grad_buffer=True, fused_adam=False)
 KERNELS = {k.name: k for k in (GPU, CPU)}
 
 

@@ -8,10 +8,10 @@ distributed optimizer. Activations are `plan.activations` per layer, for the mic
 (1F1B: min(pp - stage, grad_accum)), from the first trainable layer on. The logits workspace is what our vocab-parallel
 log-softmax and KL (`distill.losses`) or the teacher's `stream.teacher_targets` hold at once.
 
-Peak: Megatron's gradient buffer lives all run, so on GPU the peak is the sum of the columns (the larger of the
-training and evaluation workspaces). Plain-torch gradients appear in the backward pass as activations are freed and
-are released before the next forward, so on CPU the peak is the larger of the forward/loss phase and the
-optimizer-step phase (gradients + Adam's temporaries).
+Peak: the trainer's gradients live in Megatron DDP's buffer all run, so the peak is the sum of the columns, with the
+larger of three workspaces: training (activations + loss), evaluation, and the optimizer step (torch AdamW's
+temporaries; none with a fused Adam). Plain-torch gradients (`Kernels.grad_buffer` False) appear in the backward
+pass as activations are freed and go before the next forward, so they join the optimizer-step phase instead.
 """
 
 from __future__ import annotations

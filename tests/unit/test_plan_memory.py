@@ -1,0 +1,98 @@
+"""`rad plan`'s memory model against the measured peak of a real student step on CPU (within 25%).
+
+Method. A tiny hybrid (attention, Mamba-2, attention, attention; the Mamba block is the "new" layer) is built with
+`model.build_model` in fp32 and trained the way `distill.trainer.StudentTrainer` trains: `distill.optim.StageOptimizer`
+(Megatron DDP with its fp32 gradient buffer + Megatron's Adam), forward through the DDP wrapper, `distill_loss` against
+top-k teacher targets taken from stream-sized receive buffers (`lookahead` posted + the one consumed, int64 indices),
+backward, optimizer step. torch has no CPU allocator statistics, so the peak is measured with the profiler's memory
+events (every CPU tensor allocation and free while profiling): their running sum over one steady-state step (Adam
+state already made by a first step) plus the bytes the process already held at its start (parameters, buffers,
+gradient buffer, Adam states, receive buffers, batch). The estimate is `plan.memory.student_memory` with the CPU
+kernels for the same config, resolved from YAML like `rad plan` does. Same dtype (fp32), no recompute, TP 1.
+The issue asks for 25%; the model is within 1% today, so the test holds it to 10% (a change in what the model or the
+loss keeps alive should show up here).
+"""
+
+import pytest
+import torch
+import yaml
+
+from rad_megatron.plan import CPU, build_job
+from rad_megatron.plan.memory import student_memory
+from rad_megatron.settings import load_run_config
+
+V, BATCH, SEQ, TOP_K, LOOKAHEAD = 512, 2, 128, 8, 2
+SHAPE = dict(vocab_size=V, hidden_size=64, intermediate_size=160, num_layers=4, num_attention_heads=4, num_kv_heads=2,
+             mamba={"chunk_size": 32})
+
+
+def _storage_bytes(tensors) -> int:
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def _measured_peak(group: str) -> float:
+    from torch.profiler import ProfilerActivity, profile
+
+    from rad_megatron.config import ModelConfig
+    from rad_megatron.distill.losses import LossWeights, distill_loss
+    from rad_megatron.distill.optim import OptimConfig, StageOptimizer
+    from rad_megatron.distill.targeting import apply_targeting
+    from rad_megatron.model import build_model
+    from rad_megatron.model.forward import position_ids_for
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**SHAPE, layout=["attention", "mamba", "attention", "attention"]))
+    apply_targeting(model, group, [1])
+    opt = StageOptimizer(model, OptimConfig(), 1e-3, 10, 1)
+    ids, labels, mask = torch.randint(0, V, (BATCH, SEQ)), torch.randint(0, V, (BATCH, SEQ)), torch.ones(BATCH, SEQ)
+
+    def message():  # what StudentReceiver posts: float64 header, fp32 values, int32 indices
+        return [torch.zeros(5, dtype=torch.float64), torch.randn(BATCH, SEQ, TOP_K).log_softmax(-1),
+                torch.randint(0, V, (BATCH, SEQ, TOP_K), dtype=torch.int32)]
+
+    posted = [message() for _ in range(LOOKAHEAD)]
+
+    def step():
+        opt.zero_grad()
+        logits = opt.ddp(input_ids=ids, position_ids=position_ids_for(ids), attention_mask=None)
+        _, vals, idx = posted.pop(0)
+        posted.append(message())
+        loss, _ = distill_loss(logits, vals, idx.long(), labels, mask, LossWeights(), None, 0, V)
+        del logits
+        loss.backward()
+        opt.step()
+
+    step()  # Adam states exist from here on
+    held = [*model.parameters(), *model.buffers(), *(t for m in posted for t in m), ids, labels, mask]
+    held += [p.main_grad for p in model.parameters() if getattr(p, "main_grad", None) is not None]
+    held += [t for o in opt._inner() for s in o.state.values() for t in s.values() if torch.is_tensor(t)]
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return _storage_bytes(held) + peak
+
+
+def _planned_peak(tmp_path, group: str) -> float:
+    base = dict(SHAPE, layout=["attention"] * 4)  # block 1 becomes Mamba through swap.layers
+    cfg = {"model": {"config": base}, "swap": {"layers": [1]}, "data": {"seq_len": SEQ},
+           "distill": {"roles": {"teacher_ranks": 1, "teacher_tp": 1, "student_tp": 1},
+                       "train": {"stages": [{"trainable": group, "steps": 10}], "micro_batch_size": BATCH,
+                                 "eval_batch_size": 1, "stream": {"top_k": TOP_K, "lookahead": LOOKAHEAD}}}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    job = build_job(load_run_config(tmp_path / "tiny.yaml"), nodes=1, gpus_per_node=2)
+    memory = student_memory(job, 0, CPU)
+    assert memory.phase == "train"
+    return memory.peak
+
+
+@pytest.mark.parametrize("group", ["all", "new_mamba"])
+def test_planned_peak_matches_measured_cpu_step(dist, tmp_path, group):
+    measured, planned = _measured_peak(group), _planned_peak(tmp_path, group)
+    print(f"{group}: measured peak {measured / 2**20:.2f} MiB, planned {planned / 2**20:.2f} MiB, "
+          f"ratio {planned / measured:.3f}")
+    assert abs(planned / measured - 1) < 0.10
