@@ -7,7 +7,6 @@ with that ProcessGroupCollection. Teacher replica j serves student replicas r wi
 
 from __future__ import annotations
 
-import datetime
 import os
 from dataclasses import dataclass
 
@@ -74,7 +73,7 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
     from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-    from rad_megatron.distributed.init import _launcher_env, select_device
+    from rad_megatron.distributed.init import _launcher_env, collective_timeout, select_device
 
     env = os.environ if env is None else env
     rank, world, local_rank = _launcher_env(env)
@@ -88,17 +87,18 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
                        f"({world} launched - {T} teacher ranks)")
     if T % layout.teacher_tp:
         raise RadError(f"distill.roles.teacher_tp={layout.teacher_tp} does not divide teacher_ranks={T}")
+    timeout = collective_timeout(timeout_minutes, env)
     device, backend = select_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group(backend=backend, timeout=timeout)
     if parallel_state.model_parallel_is_initialized():  # e.g. after the pipeline's probe phase
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=layout.student_tp, local_world_size=S,
-                                             distributed_timeout_minutes=timeout_minutes)
-    student_group = dist.new_group(list(range(S)))
+                                             distributed_timeout_minutes=timeout.total_seconds() / 60)
+    student_group = dist.new_group(list(range(S)), timeout=timeout)
     t_dp = T // layout.teacher_tp
     grid = HyperCommGrid([layout.teacher_tp, 1, 1, t_dp], ["tp", "cp", "pp", "dp"], rank_offset=S)
-    groups = {n: grid.create_pg(n) for n in ("tp", "cp", "pp", "dp")}
+    groups = {n: grid.create_pg(n, timeout=timeout) for n in ("tp", "cp", "pp", "dp")}
     common = dict(rank=rank, world_size=world, student_ranks=S, teacher_ranks=T, student_tp=layout.student_tp,
                   student_dp=S // layout.student_tp, teacher_dp=t_dp, device=device, student_group=student_group)
     torch.manual_seed(seed)

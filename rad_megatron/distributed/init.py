@@ -57,6 +57,22 @@ def _launcher_env(env) -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def collective_timeout(minutes: float, env=None) -> datetime.timedelta:
+    """How long a collective may wait for a peer before the rank fails: `RAD_DIST_TIMEOUT_S` from the launcher's
+    environment (the SLURM templates set it) when given, else `minutes`. Bounded, so a stuck rank ends the job."""
+    raw = (os.environ if env is None else env).get("RAD_DIST_TIMEOUT_S", "")
+    if raw == "":
+        return datetime.timedelta(minutes=minutes)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise RadError(f"RAD_DIST_TIMEOUT_S={raw!r} must be a positive number of seconds; unset it for the "
+                       f"default ({minutes:g} min)")
+    return datetime.timedelta(seconds=seconds)
+
+
 def launched_world_size(env=None) -> int:
     """Number of ranks the launcher started (1 without a launcher)."""
     return _launcher_env(os.environ if env is None else env)[1]
@@ -99,10 +115,10 @@ def init_distributed(parallel: ParallelConfig | None = None, env=None) -> DistCo
         raise RadError(f"parallel.tp={parallel.tp} x parallel.pp={parallel.pp} needs a multiple of "
                        f"{parallel.tp * parallel.pp} ranks but {world_size} were launched; "
                        f"launch with torchrun --nproc-per-node {parallel.tp * parallel.pp} (or a multiple)")
+    timeout = collective_timeout(parallel.timeout_minutes, env)
     device, backend = select_device(local_rank)
 
     if not torch.distributed.is_initialized():
-        timeout = datetime.timedelta(minutes=parallel.timeout_minutes)
         if world_size == 1 and "MASTER_ADDR" not in env:
             init_method = f"tcp://127.0.0.1:{_free_port()}"
         else:
@@ -112,7 +128,7 @@ def init_distributed(parallel: ParallelConfig | None = None, env=None) -> DistCo
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp,
-            distributed_timeout_minutes=parallel.timeout_minutes)
+            distributed_timeout_minutes=timeout.total_seconds() / 60)
     torch.manual_seed(parallel.seed)
     model_parallel_cuda_manual_seed(parallel.seed)
     return DistContext(
