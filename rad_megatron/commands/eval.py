@@ -27,13 +27,17 @@ def run(args) -> int:
     from rad_megatron.eval.lm import RadLM
 
     lm = RadLM(ckpt=args.ckpt, hf=args.hf, tp=args.tp, batch_size=args.batch_size, seed=args.seed)
+    has_template = bool(getattr(lm.tokenizer, "chat_template", None))
+    if args.chat and not has_template:
+        raise RadError("--chat: this tokenizer has no chat template; run with --no-chat")
+    chat = has_template if args.chat is None else args.chat
     gen_kwargs = {"max_gen_toks": args.max_gen_toks} if args.max_gen_toks else None
-    results = ev.evaluate(lm, tasks, manager, limit=args.limit, num_fewshot=args.num_fewshot, chat=args.chat,
+    results = ev.evaluate(lm, tasks, manager, limit=args.limit, num_fewshot=args.num_fewshot, chat=chat,
                           confirm_unsafe=args.confirm_run_unsafe_code, log_samples=args.log_samples,
                           gen_kwargs=gen_kwargs, seed=args.seed)
     if not lm.ctx.is_main or results is None:
         return 0
-    results["rad"] = {"tasks": tasks, "data": sources, "chat": args.chat, "limit": args.limit,
+    results["rad"] = {"tasks": tasks, "data": sources, "chat": chat, "limit": args.limit,
                       "batch_size": lm.batch_size, **lm.get_model_info()}
     if out is not None:
         ev.write_results(out, results)
@@ -57,8 +61,8 @@ def add_parser(sub):
                    help="GSM8K test .jsonl (question, answer), or 'hub' for openai/gsm8k")
     p.add_argument("--cruxeval-data", default=DEFAULT_DATA["cruxeval"],
                    help="CRUXEval .jsonl (code, input, output), or 'hub' for cruxeval-org/cruxeval")
-    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
-                   help="wrap prompts in the tokenizer's chat template (instruct models)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap prompts in the tokenizer's chat template (default: when the tokenizer has one)")
     p.add_argument("--num-fewshot", type=int, default=None, help="override the tasks' few-shot count (default 0)")
     p.add_argument("--max-gen-toks", type=int, default=None, help="override the tasks' generation budget")
     p.add_argument("--batch-size", type=int, default=8, help="requests per forward / generation batch")
