@@ -63,7 +63,11 @@ class SwapSection:
     """Which layers become Mamba and how they are initialised."""
 
     layers: list[int] | None = None
-    """Explicit layers; None takes the probe's chosen set."""
+    """Explicit layers; None: the set `strategy` picks (probe.k layers)."""
+    strategy: str = "rad"
+    """How layers are picked when `layers` is None: rad (the probe's searched set) | uniform (MIL: every n-th
+    attention layer) | random (seeded by `seed`) | worst (lowest per-layer probe scores) | kl (smallest
+    KL(full || layer skipped)); see study.strategies."""
     init: str = "rad_zero"
     """mil | rad_zero | random."""
     seed: int = 1234

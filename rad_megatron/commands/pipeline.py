@@ -53,6 +53,26 @@ def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None
 
 
 def _probe(cfg, ctx, path: Path, resume: bool) -> list[int]:
+    """The layers swap.strategy picks (study.strategies): from the probe's report, which `rad` / `worst` / `kl`
+    need (the probe runs here, or a resumed pipeline re-reads it); `uniform` / `random` need no probe."""
+    from rad_megatron.commands.distill import _load
+    from rad_megatron.study.strategies import NEEDS_PROBE, STRATEGIES, ProbeEvidence, select_layers
+
+    strategy, k = cfg.swap.strategy, cfg.probe.k
+    if strategy not in STRATEGIES:
+        raise RadError(f"swap.strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+    if strategy not in NEEDS_PROBE:
+        model, _, _ = _load(cfg.model, ctx.tp, ctx.tp_rank)
+        return select_layers(strategy, k, model.rad_config.attention_layers, seed=cfg.swap.seed)
+    if resume and path.is_file():  # a resumed pipeline keeps its layer choice
+        report = json.loads(path.read_text())
+    else:
+        report = _run_probe(cfg, ctx, path, with_skip_kl=strategy == "kl")
+    attention = [t["skip"][0] for t in report["per_layer"]]
+    return select_layers(strategy, k, attention, ProbeEvidence.from_reports([report]), seed=cfg.swap.seed)
+
+
+def _run_probe(cfg, ctx, path: Path, with_skip_kl: bool) -> dict:
     from rad_megatron.commands.distill import _load
     from rad_megatron.data.prompts import encode_prompts, read_prompts
     from rad_megatron.probe.report import plot_probe, write_json_atomic
@@ -60,22 +80,25 @@ def _probe(cfg, ctx, path: Path, resume: bool) -> list[int]:
     from rad_megatron.probe.score import ProbeSettings
     from rad_megatron.probe.search import Replicas
 
-    if resume and path.is_file():  # a resumed pipeline keeps its layer choice
-        return json.loads(path.read_text())["chosen"]["skip"]
     p = cfg.probe
     if not p.prompts:
         raise RadError("probe.prompts is empty; give a prompt file or set swap.layers explicitly")
     texts = read_prompts(p.prompts, limit=p.num_prompts)
     model, tok, _ = _load(cfg.model, ctx.tp, ctx.tp_rank)
     settings = ProbeSettings(draft_len=p.draft_len, max_new_tokens=p.max_new_tokens, eos_id=tok.eos_token_id)
-    report = run_probe(model.eval(), encode_prompts(tok, texts, chat=p.chat), p.k, p.trials, settings,
+    prompts = encode_prompts(tok, texts, chat=p.chat)
+    report = run_probe(model.eval(), prompts, p.k, p.trials, settings,
                        Replicas(dp=ctx.dp, dp_rank=ctx.dp_rank, is_main=ctx.is_main), objective=p.objective,
                        costs=p.costs, seed=p.seed)
+    if with_skip_kl:  # swap.strategy kl ranks layers by KL(full || layer skipped) on the probe prompts
+        from rad_megatron.probe.kl import per_layer_kl
+
+        report["per_layer_skip_kl"] = {str(b): v for b, v in per_layer_kl(model, prompts).items()}
     if ctx.is_main:
         write_json_atomic(path, report)
         plot_probe(report, path.with_suffix(".png"))
     del model
-    return report["chosen"]["skip"]
+    return report
 
 
 def _summary(cfg, out: Path, layers, records, seconds, t_probe):

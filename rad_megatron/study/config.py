@@ -78,8 +78,8 @@ class StudyAccuracy:
 
     limit: int = 200
     """Test questions scored (0: skip accuracy)."""
-    seeds: list[int] | None = None
-    """Seeds whose final students are scored; None: all seeds."""
+    runs: list[str] | None = None
+    """Final students scored, as run-name patterns (fnmatch, e.g. '*-k4-*-s0'); None: every run."""
     max_new_tokens: int = 256
     """Generation budget per question."""
     batch_size: int = 32

@@ -9,6 +9,7 @@ would not be comparable); the grid itself (strategies, ks, inits, seeds) may gro
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -111,10 +112,10 @@ def _accuracy(cfg, base, tok, out: Path, plan: list[RunSpec], log) -> dict:
     if a.limit <= 0:
         return {}
     questions = read_questions(a.path, a.limit)
-    seeds = set(cfg.seeds if a.seeds is None else a.seeds)
+    wanted = [s for s in plan if a.runs is None or any(fnmatch.fnmatch(s.name, p) for p in a.runs)]
     models = [("teacher", lambda: base)] + [
         (spec.name, lambda f=out / "runs" / spec.name: load_student(base, f))
-        for spec in plan if spec.seed in seeds and is_done(out / "runs" / spec.name)]
+        for spec in wanted if is_done(out / "runs" / spec.name)]
     results = {}
     for name, build in models:
         path = out / "accuracy" / f"{name}.json"
@@ -149,13 +150,18 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
         train_run(base, spec, cfg, train, held, orders[spec.seed], cache, folder, log)
         trained += 1
     finished = [s for s in plan if is_done(out / "runs" / s.name)]
-    acc = _accuracy(cfg, base, tok, out, plan, log) if len(finished) == len(plan) else {}
     rows = [r for s in finished for r in read_jsonl(out / "runs" / s.name / "metrics.jsonl")]
-    seconds = {**timings.data,
-               "runs": sum(json.loads((out / "runs" / s.name / "done.json").read_text())["seconds"] for s in finished),
-               "accuracy": sum(r["seconds"] for r in acc.values())}
-    md = write_report(out, cfg, command, [s.fields() for s in plan], evidence.to_dict() if evidence else {},
-                      sources, rows, {k: {kk: v for kk, v in r.items() if kk != "samples"} for k, r in acc.items()},
-                      seconds)
-    log(f"wrote {md} ({len(finished)} of {len(plan)} runs finished)")
+
+    def report(acc: dict) -> Path:
+        seconds = {**timings.data, "runs": sum(json.loads((out / "runs" / s.name / "done.json").read_text())[
+            "seconds"] for s in finished), "accuracy": sum(r["seconds"] for r in acc.values())}
+        md = write_report(out, cfg, command, [s.fields() for s in plan], evidence.to_dict() if evidence else {},
+                          sources, rows, {k: {kk: v for kk, v in r.items() if kk != "samples"} for k, r in
+                                          acc.items()}, seconds)
+        log(f"wrote {md} ({len(finished)} of {len(plan)} runs finished; GSM8K accuracy of {len(acc)} models)")
+        return md
+
+    md = report({})  # the convergence report first: accuracy takes long and is resumable on its own
+    if len(finished) == len(plan) and cfg.accuracy.limit > 0:
+        md = report(_accuracy(cfg, base, tok, out, plan, log))
     return md
