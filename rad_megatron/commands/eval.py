@@ -33,10 +33,12 @@ def run(args) -> int:
     chat = has_template if args.chat is None else args.chat
     gen_kwargs = {"max_gen_toks": args.max_gen_toks} if args.max_gen_toks else None
     results = ev.evaluate(lm, tasks, manager, limit=args.limit, num_fewshot=args.num_fewshot, chat=chat,
-                          confirm_unsafe=args.confirm_run_unsafe_code, log_samples=args.log_samples,
+                          confirm_unsafe=args.confirm_run_unsafe_code, log_samples=True,
                           gen_kwargs=gen_kwargs, seed=args.seed)
     if not lm.ctx.is_main or results is None:
         return 0
+    if not args.log_samples:  # logged anyway: lm-eval needs them for metric-only ('bypass') tasks
+        results.pop("samples", None)
     results["rad"] = {"tasks": tasks, "data": sources, "chat": chat, "limit": args.limit,
                       "batch_size": lm.batch_size, **lm.get_model_info()}
     if out is not None:

@@ -161,3 +161,23 @@ def test_unknown_model_args_are_named(dist, tiny):
 
     with pytest.raises(RadError, match="unknown --model_args pretrained for rad_megatron; known: ckpt, hf, tp"):
         RadLM(hf=str(tiny[0]), pretrained="x")
+
+
+def test_checkpoint_source_scores_like_its_hf_folder_and_a_missing_shard_is_named(dist, tiny, tmp_path):
+    from lm_eval.api.instance import Instance
+    from transformers import AutoTokenizer
+
+    from rad_megatron.checkpoint.hf_import import model_from_hf
+    from rad_megatron.checkpoint.hf_source import HFSource
+    from rad_megatron.checkpoint.store import save_model
+    from rad_megatron.errors import RadError
+
+    folder = tiny[0]
+    ckpt = tmp_path / "ckpt"
+    save_model(model_from_hf(HFSource(folder))[0], ckpt, tokenizer=AutoTokenizer.from_pretrained(folder))
+    reqs = [Instance("loglikelihood", {}, ("The cat sat", " on the mat"), 0)]
+    assert RadLM(ckpt=str(ckpt)).loglikelihood(reqs) == RadLM(hf=str(folder)).loglikelihood(reqs)
+    for shard in ckpt.glob("*.distcp"):
+        shard.unlink()
+    with pytest.raises(RadError, match=f"checkpoint '{ckpt}' is incomplete: shard file"):
+        RadLM(ckpt=str(ckpt))
