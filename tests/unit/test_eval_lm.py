@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rad_megatron.eval.lm import RadLM
-from tests.helpers import tiny_hf_llama, tiny_tokenizer
+from tests.helpers import SHARED, tiny_hf_llama, tiny_tokenizer
 
 TOL = 1e-4
 GEN_STOPS = ["\n\n", "mm", "oo"]
@@ -181,3 +181,26 @@ def test_checkpoint_source_scores_like_its_hf_folder_and_a_missing_shard_is_name
         shard.unlink()
     with pytest.raises(RadError, match=f"checkpoint '{ckpt}' is incomplete: shard file"):
         RadLM(ckpt=str(ckpt))
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "cruxeval" / "cruxeval.jsonl").is_file(), reason="shared CRUXEval absent")
+def test_chat_template_parity_with_hf_backend(dist, tiny):
+    """With the chat template on: system turn, multi-turn few-shot and CRUX-O's opened answer block (gen_prefix)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from rad_megatron.eval import TASKS_DIR
+
+    folder, tasks = tiny
+    crux = str(SHARED / "data" / "cruxeval" / "cruxeval.jsonl")
+
+    def run(model, batch_size, **kw):
+        manager = TaskManager(include_path=[str(TASKS_DIR), str(tasks)], include_defaults=False,
+                              metadata={"cruxeval_data": crux})
+        return responses(lm_eval.simple_evaluate(
+            model=model, tasks=["rad_cruxeval_o", "tiny_mc"], task_manager=manager, limit=2, batch_size=batch_size,
+            apply_chat_template=True, fewshot_as_multiturn=True, num_fewshot=1, confirm_run_unsafe_code=True,
+            log_samples=True, bootstrap_iters=0, gen_kwargs={"max_gen_toks": 12}, **kw))
+
+    ref = run("hf", 1, model_args={"pretrained": str(folder), "dtype": "float32", "device": "cpu"})
+    assert_same_responses(run(RadLM(hf=str(folder), batch_size=2), 2), ref)
