@@ -1,8 +1,9 @@
 """Skip-set search: per-layer scores (skip one attention layer at a time) and Bayesian optimisation over sets of
 size k, relaxed to x in [0,1]^L_attn with the top-k rule (the set is the k largest coordinates), as RAD and SWIFT do.
-The GP and acquisition come from `bayesian-optimization`; `ConstantLiar` lets it propose one candidate per
-data-parallel replica per round, so replicas evaluate different sets at the same time and the search scales with
-them. Results are shared with an all-gather; every rank keeps the same history.
+The GP and acquisition come from `bayesian-optimization`; `ConstantLiar` lets it propose while other candidates are
+still being evaluated, so data-parallel replicas evaluate different sets at the same time. Work is handed out
+asynchronously (probe/work_queue.py): a replica gets its next set as soon as it finishes one, and the optimiser on
+global rank 0 proposes while the replicas evaluate. Every rank ends with the same history.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from rad_megatron.errors import RadError
 from rad_megatron.probe.score import OBJECTIVES, ProbeSettings, Trial, evaluate
+from rad_megatron.probe.work_queue import run_tasks
 
 
 @dataclass
@@ -26,15 +28,14 @@ class Replicas:
     dp_rank: int = 0
     is_main: bool = True
 
-    def gather(self, item):
-        """Every replica's item (from its TP-rank-0 view; all TP ranks of a replica hold the same)."""
-        if self.dp == 1:
-            return [item]
-        from megatron.core import parallel_state
+    def run(self, source, work) -> None:
+        """Drive a task source over the replicas (see work_queue.run_tasks)."""
+        tp_rank = 0
+        if torch.distributed.is_initialized():
+            from megatron.core import parallel_state
 
-        out = [None] * self.dp
-        torch.distributed.all_gather_object(out, item, group=parallel_state.get_data_parallel_group())
-        return out
+            tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        run_tasks(source, work, self.dp, self.dp_rank, self.is_main, tp_rank)
 
     def broadcast(self, obj):
         if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
@@ -64,18 +65,32 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
+class _Fixed:
+    """A fixed task list (the per-layer scores), handed out first come, first served."""
+
+    def __init__(self, sets: list[list[int]], bar):
+        self.todo, self.results, self.bar = list(sets), [], bar
+
+    def next_task(self, replica):
+        return {"skip": self.todo.pop(0)} if self.todo else None
+
+    def on_result(self, replica, task, result):
+        self.results.append(result)
+        self.bar.update(1)
+
+
+def _work(model, prompts, settings, costs):
+    return lambda task: evaluate(model, prompts, task["skip"], settings, costs).to_dict()
+
+
 def per_layer_scores(model, prompts, settings: ProbeSettings, costs: dict, replicas: Replicas) -> list[Trial]:
     layers = model.rad_config.attention_layers
-    mine = layers[replicas.dp_rank::replicas.dp]
-    results = []
     bar = _progress(len(layers), "per-layer scores", replicas.is_main)
-    for i in range((len(layers) + replicas.dp - 1) // replicas.dp):
-        trial = evaluate(model, prompts, [mine[i]], settings, costs).to_dict() if i < len(mine) else None
-        got = [t for t in replicas.gather(trial) if t is not None]
-        results.extend(Trial(**t) for t in got)
-        bar.update(len(got))
+    source = _Fixed([[b] for b in layers], bar)
+    replicas.run(source, _work(model, prompts, settings, costs))
     bar.close()
-    return sorted(results, key=lambda t: t.skip[0])
+    results = replicas.broadcast(source.results if replicas.is_main else None)
+    return sorted((Trial(**t) for t in results), key=lambda t: t.skip[0])
 
 
 def top_k_set(x: dict[str, float], layers: list[int], k: int) -> list[int]:
@@ -92,79 +107,85 @@ class SearchResult:
 def bayesian_search(model, prompts, k: int, trials: int, settings: ProbeSettings, costs: dict, replicas: Replicas,
                     objective: str = "throughput", seed: int = 0, init_points: int = 4,
                     warm_start: list[int] | None = None) -> SearchResult:
-    """`trials` distinct skip sets evaluated (rounded up to whole rounds of `dp` candidates).
+    """`trials` distinct skip sets evaluated, in proposal order in the result.
 
     Only global rank 0 owns the optimiser. A proposal whose top-k set was already evaluated is registered with the
-    known value (the GP still learns from it) and replaced, so every replica evaluates a new set in every round.
+    known value (the GP still learns from it) and replaced; one still being evaluated is replaced too, so every
+    evaluation is of a new set.
     """
-    from bayes_opt import BayesianOptimization
-
     layers = model.rad_config.attention_layers
     if objective not in OBJECTIVES:
         raise RadError(f"--objective '{objective}' is not one of {', '.join(OBJECTIVES)}")
     if not 1 <= k <= len(layers):
         raise RadError(f"--k {k} must be between 1 and the number of attention layers ({len(layers)})")
     trials = min(trials, math.comb(len(layers), k))
-    names = [f"x{b:03d}" for b in layers]
-    opt = BayesianOptimization(f=None, pbounds={n: (0.0, 1.0) for n in names}, verbose=0, random_state=seed,
-                               allow_duplicate_points=True, acquisition_function=_acquisition(seed)) \
-        if replicas.is_main else None
-    rng = torch.Generator().manual_seed(seed)
-    seen: dict[tuple, Trial] = {}
-    result = SearchResult()
     bar = _progress(trials, f"search k={k}", replicas.is_main)
-    while len(result.trials) < trials:
-        proposals = None
-        if replicas.is_main:
-            proposals = _propose_round(opt, names, layers, k, rng, seen, replicas.dp, len(result.trials),
-                                       init_points, warm_start, objective)
-        proposals = replicas.broadcast(proposals)
-        point, mine = proposals[replicas.dp_rank]
-        trial = evaluate(model, prompts, mine, settings, costs).to_dict() if mine else None
-        for (p, s), t in zip(proposals, replicas.gather(trial)):
-            if t is None:
-                continue
-            t = Trial(**t)
-            seen[tuple(s)] = t
-            result.trials.append(t)
-            if opt is not None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    opt.register(params=p, target=t.objective(objective))
-            bar.update(1)
+    source = _BayesSource(layers, k, trials, objective, seed, init_points, warm_start, bar) if replicas.is_main \
+        else None
+    replicas.run(source, _work(model, prompts, settings, costs))
     bar.close()
-    result.trials = result.trials[:trials]
+    done = replicas.broadcast(sorted(source.results) if replicas.is_main else None)
+    result = SearchResult(trials=[Trial(**t) for _, t in done])
     result.best = max(result.trials, key=lambda t: (t.objective(objective), [-b for b in t.skip]))
     return result
 
 
-def _propose_round(opt, names, layers, k, rng, seen, dp, done, init_points, warm_start, objective):
-    """dp (point, skip set) pairs with distinct, unseen sets ((None, None) when the space is exhausted)."""
-    out, pending = [], set()
-    for i in range(dp):
+class _BayesSource:
+    """Proposals from the GP (UCB under a constant liar for the sets still being evaluated)."""
+
+    def __init__(self, layers, k, trials, objective, seed, init_points, warm_start, bar):
+        from bayes_opt import BayesianOptimization
+
+        self.layers, self.k, self.trials, self.objective = layers, k, trials, objective
+        self.init_points, self.warm_start, self.bar = init_points, warm_start, bar
+        self.names = [f"x{b:03d}" for b in layers]
+        self.opt = BayesianOptimization(f=None, pbounds={n: (0.0, 1.0) for n in self.names}, verbose=0,
+                                        random_state=seed, allow_duplicate_points=True,
+                                        acquisition_function=_acquisition(seed))
+        self.rng = torch.Generator().manual_seed(seed)
+        self.seen: dict[tuple, Trial] = {}
+        self.pending: set[tuple] = set()
+        self.issued = self.draws = 0
+        self.results: list[tuple[int, dict]] = []
+
+    def _register(self, point, value):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.opt.register(params=point, target=value)
+
+    def next_task(self, replica):
+        if self.issued >= self.trials:
+            return None
         chosen = None
         for attempt in range(50):
-            p = _propose(opt, names, rng, done + i, init_points, warm_start if attempt == 0 else None, layers, k)
-            s = tuple(top_k_set(p, layers, k))
-            if s in seen:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    opt.register(params=p, target=seen[s].objective(objective))
-                continue
-            if s not in pending:
-                chosen = (p, list(s))
+            p = _propose(self.opt, self.names, self.rng, self.draws, self.init_points,
+                         self.warm_start if attempt == 0 else None, self.layers, self.k)
+            self.draws += 1
+            s = tuple(top_k_set(p, self.layers, self.k))
+            if s in self.seen:
+                self._register(p, self.seen[s].objective(self.objective))
+            elif s not in self.pending:
+                chosen = (p, s)
                 break
-            done += 1  # a pending duplicate: draw the next point as a fresh one
         if chosen is None:  # the GP keeps proposing known sets: take an unseen one at random
-            unseen = [c for c in itertools.combinations(layers, k) if c not in seen and c not in pending]
+            unseen = [c for c in itertools.combinations(self.layers, self.k)
+                      if c not in self.seen and c not in self.pending]
             if not unseen:
-                out.append((None, None))
-                continue
-            s = unseen[int(torch.randint(len(unseen), (1,), generator=rng))]
-            chosen = ({n: (1.0 if b in s else 0.0) for n, b in zip(names, layers)}, list(s))
-        pending.add(tuple(chosen[1]))
-        out.append(chosen)
-    return out
+                return None
+            s = unseen[int(torch.randint(len(unseen), (1,), generator=self.rng))]
+            chosen = ({n: (1.0 if b in s else 0.0) for n, b in zip(self.names, self.layers)}, s)
+        self.pending.add(chosen[1])
+        self.issued += 1
+        return {"index": self.issued - 1, "point": chosen[0], "skip": list(chosen[1])}
+
+    def on_result(self, replica, task, result):
+        trial = Trial(**result)
+        key = tuple(task["skip"])
+        self.pending.discard(key)
+        self.seen[key] = trial
+        self.results.append((task["index"], result))
+        self._register(task["point"], trial.objective(self.objective))
+        self.bar.update(1)
 
 
 def _propose(opt, names, rng, index, init_points, warm_start, layers, k) -> dict[str, float]:
