@@ -92,15 +92,26 @@ def _student(job: Job, stage: int, k: Kernels, group: str) -> RankMemory:
     return m
 
 
+# Bytes per top-k entry and token alive at once inside `distill.losses.topk_kl`: the clamped int64 indices and the bool
+# in-shard mask (kept for backward), the gathered student log-probs, the teacher's probabilities and logs with the tail
+# bucket, the student's exp (kept), probabilities and logs, their difference and product.
+KL_BYTES_PER_ENTRY = 8 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4
+
+
 def _student_loss_bytes(job: Job, vl: int, e: int) -> float:
-    """Per token, over the local vocabulary shard: the logits plus, at once, their fp32 copy scaled by 1/T, the
-    shifted copy, its exp (kept for backward) and the log-probabilities; a second log-softmax for CE at T != 1."""
-    extra = 2 * FP32 if job.ce_weight and job.temperature != 1.0 else 0
-    return vl * (e + 4 * FP32 + extra)
+    """Per token: the larger of two moments of `distill_loss`. In the vocab-parallel log-softmax: the logits, their
+    fp32 copy scaled by 1/T, the shifted copy, its exp (kept for backward) and the log-probabilities, over the local
+    vocabulary shard. In the top-k KL: the logits, exp and log-probabilities still held, plus the KL's k-wide tensors
+    (k = the whole vocabulary when top_k is 0, on every TP rank). CE at T != 1 adds a second log-softmax."""
+    k = job.top_k or job.student.model.vocab_size
+    extra = vl * 2 * FP32 if job.ce_weight and job.temperature != 1.0 else 0
+    return max(vl * (e + 4 * FP32), vl * (e + 2 * FP32) + KL_BYTES_PER_ENTRY * k) + extra
 
 
 def _student_eval_bytes(job: Job, vl: int, e: int) -> float:
-    return vl * (e + 3 * FP32)  # no graph: the exp is freed after its sum
+    """The same without a graph: the log-softmax's exp is freed after its sum."""
+    k = job.top_k or job.student.model.vocab_size
+    return max(vl * (e + 3 * FP32), vl * (e + 2 * FP32) + KL_BYTES_PER_ENTRY * k)
 
 
 def _train_activations(job: Job, stage: int, k: Kernels, group: str) -> float:
@@ -133,14 +144,19 @@ def _train_activations(job: Job, stage: int, k: Kernels, group: str) -> float:
 
 
 def _transient(side: Side, stage: int, k: Kernels, job: Job, tokens: int) -> float:
-    """Working set of a forward pass without autograd: one layer's tensors at a time (bounded by what the layer
-    would keep for backward) plus the residual stream in and out."""
+    """Working set of a forward pass without autograd: one layer's tensors at a time, bounded by what the layer
+    would keep for backward (plus, unfused, the s x s scores that exist next to their softmax), and the residual
+    stream in and out."""
     cfg, e = side.model, job.bytes_per_value
     kinds = {p.kind for p in stage_parts(cfg, side.tp, side.pp, stage)} & {"attention", "mamba", "mlp"}
     batch = max(tokens // job.seq_len, 1)
-    worst = max((layer_acts(cfg, kind, side.tp, job.seq_len, batch, e, k, "none").total for kind in kinds),
-                default=0.0)
-    return (worst + 2 * e * cfg.hidden_size) * tokens
+
+    def per_token(kind):
+        acts = layer_acts(cfg, kind, side.tp, job.seq_len, batch, e, k, "none").total
+        scores = e * cfg.num_attention_heads // side.tp * job.seq_len
+        return acts + (scores if kind == "attention" and not k.flash_attention else 0)
+
+    return (max((per_token(kind) for kind in kinds), default=0.0) + 2 * e * cfg.hidden_size) * tokens
 
 
 # ---------------------------------------------------------------------------------------------------- teacher
