@@ -32,4 +32,6 @@ if alive "$BASE/run/slurmctld.pid"; then
 fi
 stop "$BASE"/run/slurmd-*.pid "$BASE/run/slurmctld.pid"
 stop "$BASE/munge/run/munged.pid"
+sockdir=$(cat "$BASE/munge/socket_dir" 2>/dev/null || true)
+case "$sockdir" in /tmp/rad-munge-*) rm -rf "$sockdir" ;; esac
 echo "slurm down ($BASE)"

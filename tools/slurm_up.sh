@@ -39,7 +39,12 @@ M="$BASE/munge"
 mkdir -p "$BASE"/{etc,state,run,log,spool} "$M"/{etc,run,log,lib}
 chmod 700 "$M/etc" "$M/lib" "$M/log"
 chmod 755 "$M/run"
-SOCK="$M/run/munge.socket.2"
+# munged wants every folder above its socket searchable by all; BASE may sit in a private folder (pytest's tmp),
+# so the socket gets its own folder under /tmp, recorded for slurm_down.sh
+SOCKDIR=$(mktemp -d /tmp/rad-munge-XXXXXX)
+chmod 755 "$SOCKDIR"
+echo "$SOCKDIR" >"$M/socket_dir"
+SOCK="$SOCKDIR/munge.socket.2"
 # our own key and socket, so a system munged (if any) is neither used nor disturbed
 [ -f "$M/etc/munge.key" ] || mungekey --create --keyfile="$M/etc/munge.key"
 munged --key-file="$M/etc/munge.key" --socket="$SOCK" --pid-file="$M/run/munged.pid" \
