@@ -135,6 +135,13 @@ def test_distill_sbatch_layout_resume_and_refusals(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == ["distill.sbatch: error: distill.roles.teacher_ranks=2 contradicts "
                                         "TEACHER_NODES=1 x NPROC_PER_NODE=4 = 4 teacher ranks; drop the override"]
+    # without OUT the run folder is the config's `out` after overrides, as rad resolves it
+    proc = _bash(f"{sbatch} out={tmp_path}/other", {**env, "OUT": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert all(ln.endswith(f"--out {tmp_path}/other") for ln in _node_lines(proc.stdout))
+    proc = _bash(f"{sbatch} distill.trian.steps=3", {**env, "OUT": ""})
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "distill.sbatch: error: unknown config key 'config.distill.trian' (did you mean 'train'?)"]
     proc = _bash(f"{sbatch} --out x", env)
     assert proc.returncode == 2 and "give the run folder as OUT=" in proc.stderr
     proc = _bash("bash launch/slurm/distill.sbatch c.yaml", {})
