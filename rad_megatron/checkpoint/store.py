@@ -106,18 +106,22 @@ def check_complete(path) -> None:
                        f"{len(files)} shard files); copy the whole folder again or re-create it with rad convert")
 
 
-def load_model(path, tp: int = 1, dtype=torch.float32, process_group=None, pp: int = 1):
+def load_model(path, tp: int = 1, dtype=torch.float32, process_group=None, pp: int = 1, pg_collection=None):
     """Build the model recorded in `path` at TP size `tp` (and PP size `pp`: this rank's stage) and load its weights
-    (resharding if saved at another TP/PP)."""
+    (resharding if saved at another TP/PP). `process_group` holds every rank that loads (a subset of the world, e.g.
+    the teachers); `pg_collection` gives the model groups other than Megatron's global parallel state."""
     from megatron.core import dist_checkpointing
 
     from rad_megatron.model import build_model
 
     cfg = model_config(path)
     check_complete(path)
-    model = build_model(cfg, tp=tp, dtype=dtype, pp=pp)
+    model = build_model(cfg, tp=tp, dtype=dtype, pp=pp, pg_collection=pg_collection)
     try:
-        state = dist_checkpointing.load(model.sharded_state_dict(), str(path), process_group=process_group)
+        # a model on groups outside the global parallel state names its data-parallel group itself
+        metadata = {"dp_cp_group": pg_collection.dp_cp} if pg_collection is not None else None
+        state = dist_checkpointing.load(model.sharded_state_dict(metadata=metadata), str(path),
+                                        process_group=process_group)
     except Exception as e:  # noqa: BLE001 - dist_checkpointing raises several types; name the cause in one line
         raise RadError(f"cannot load checkpoint '{path}': {str(e).splitlines()[0][:300]}") from None
     model.load_state_dict(state, strict=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rad_megatron.errors import RadError
 
 
 def add_parsers(sub):
@@ -33,10 +32,8 @@ def _load(source, tp, tp_rank, pg_collection=None, process_group=None):
     if source.ckpt:
         from rad_megatron.checkpoint.store import load_model, load_tokenizer, read_meta
 
-        if pg_collection is not None:
-            raise RadError("a teacher from a rad checkpoint is not supported yet; give distill.teacher.hf")
-        return load_model(source.ckpt, tp=tp, process_group=process_group), load_tokenizer(source.ckpt), \
-            read_meta(source.ckpt)
+        model = load_model(source.ckpt, tp=tp, process_group=process_group, pg_collection=pg_collection)
+        return model, load_tokenizer(source.ckpt), read_meta(source.ckpt)
     from transformers import AutoTokenizer
 
     from rad_megatron.checkpoint.hf_import import model_from_hf
@@ -61,7 +58,7 @@ def distill(args) -> int:
     if role.is_student:
         model, tok, meta = _load(cfg.model, role.tp, role.tp_rank, process_group=role.student_group)
     else:
-        model, tok, meta = _load(cfg.distill.teacher, role.tp, role.tp_rank, role.pg_collection)
+        model, tok, meta = _load(cfg.distill.teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group)
     run_distill(role, model, tok, data_cfg, train_cfg, Path(cfg.out), _new_layers(meta), args.resume,
                 args.stop_after, meta={k: v for k, v in meta.items() if k in ("source", "mamba_init", "swaps")})
     return 0

@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from rad_megatron.errors import RadError
@@ -44,7 +43,7 @@ def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None
                 "mamba_init": {str(b): cfg.swap.init for b in layers}}
     else:
         teacher = cfg.distill.teacher if (cfg.distill.teacher.hf or cfg.distill.teacher.ckpt) else source
-        model, tok, meta = _load(teacher, role.tp, role.tp_rank, role.pg_collection)
+        model, tok, meta = _load(teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group)
     records = run_distill(role, model, tok, data_cfg, train_cfg, out, sorted(layers), resume, stop_after, meta)
     if role.is_main:
         _summary(cfg, out, layers, records, time.perf_counter() - t0, t_probe)

@@ -46,6 +46,8 @@ class Role:
     device: torch.device = torch.device("cpu")
     student_group: object = None
     """All student ranks (collective checkpoint loads)."""
+    teacher_group: object = None
+    """All teacher ranks (collective checkpoint loads of a teacher saved as a rad checkpoint)."""
 
     @property
     def is_student(self) -> bool:
@@ -96,11 +98,13 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=layout.student_tp, local_world_size=S,
                                              distributed_timeout_minutes=timeout.total_seconds() / 60)
     student_group = dist.new_group(list(range(S)), timeout=timeout)
+    teacher_group = dist.new_group(list(range(S, world)), timeout=timeout)
     t_dp = T // layout.teacher_tp
     grid = HyperCommGrid([layout.teacher_tp, 1, 1, t_dp], ["tp", "cp", "pp", "dp"], rank_offset=S)
     groups = {n: grid.create_pg(n, timeout=timeout) for n in ("tp", "cp", "pp", "dp")}
     common = dict(rank=rank, world_size=world, student_ranks=S, teacher_ranks=T, student_tp=layout.student_tp,
-                  student_dp=S // layout.student_tp, teacher_dp=t_dp, device=device, student_group=student_group)
+                  student_dp=S // layout.student_tp, teacher_dp=t_dp, device=device, student_group=student_group,
+                  teacher_group=teacher_group)
     torch.manual_seed(seed)
     if rank < S:
         model_parallel_cuda_manual_seed(seed)

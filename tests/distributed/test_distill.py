@@ -144,3 +144,29 @@ def test_megatron_distributed_optimizer_dp2_equals_one_process(tmp_path):
         assert abs(norm - ref_norm) <= 1e-5 * ref_norm and lr == pytest.approx(ref_lr, rel=1e-12)
     assert max(n[1] for n in res["norms"]) > 0.008, "the clip must engage for this test to cover it"
     assert res["max_diff"] < 1e-6, res
+
+
+def test_teacher_from_rad_checkpoint_at_tp2_matches_hf_teacher(setup, tmp_path):
+    """A teacher saved as a rad checkpoint and run at teacher_tp=2 on its own two ranks serves the same targets as the
+    HF teacher at TP=1: identical step-0 held-out numbers (teacher logits differ only by TP rounding, < 1e-5)."""
+    d = setup
+    for args in (("convert", "--hf", str(d / "hf"), "--out", str(tmp_path / "teacher")),
+                 ("swap", "--hf", str(d / "hf"), "--layers", "1,2", "--init", "rad_zero", "--out",
+                  str(tmp_path / "student"))):
+        proc = rad(*args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    base = ["--config", str(d / "cfg.yaml"), f"model.ckpt={tmp_path / 'student'}", "model.hf=null",
+            "distill.train.stages=[{trainable: new_mamba, steps: 2, lr: 0.003}]", "distill.train.eval_every=2"]
+    runs = {}
+    for name, teacher, nproc in (("hf_tp1", ["distill.teacher.hf=" + str(d / "hf")], 2),
+                                 ("ckpt_tp2", [f"distill.teacher.ckpt={tmp_path / 'teacher'}", "distill.teacher.hf=null",
+                                               "distill.roles.teacher_ranks=2", "distill.roles.teacher_tp=2"], 3)):
+        proc = rad("distill", *base, *teacher, "--out", str(tmp_path / name), nproc=nproc)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs[name] = [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    a, b = runs["hf_tp1"], runs["ckpt_tp2"]
+    assert len(a) == len(b) and [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("heldout_kl", "teacher_ppl", "loss"):
+            if key in ra:
+                assert abs(ra[key] - rb[key]) <= 1e-5 * max(1.0, abs(ra[key])), (key, ra, rb)
