@@ -1,9 +1,12 @@
 """Search throughput with data-parallel replicas: the same probe search at DP=1 and DP=2 (tp=1, gloo, one thread per
 rank), side by side in one run; prints trials per wall-clock second of each and their ratio.
 
-    python bench/probe_dp.py [--trials 8] [--layers 8]
+    python bench/probe_dp.py [--trials 12] [--layers 8] [--hidden 256] [--max-new-tokens 48]
 
-A tiny random Llama (char tokenizer) keeps it short; every rank evaluates whole skip sets, so the ideal is 2.0.
+A small random Llama (char tokenizer) keeps it short; every rank evaluates whole skip sets, so the ideal is 2.0.
+Replicas take their next set as soon as they finish (no rounds), and the Bayesian optimiser proposes on rank 0 while
+they evaluate; its proposal time is printed because on a model this small it is not negligible next to an
+evaluation (on SmolLM2 an evaluation takes ~30 s, a proposal well under 1 s).
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(nproc, hf, prompts, out, trials):
+def run(nproc, hf, prompts, out, trials, max_new_tokens):
     from tests.helpers import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
            "-m",
            "rad_megatron", "probe", "--hf", str(hf), "--prompts", str(prompts), "--k", "2", "--trials",
-           str(trials), "--max-new-tokens", "16", "--no-eos", "--out", str(out), "--force"]
+           str(trials), "--max-new-tokens", str(max_new_tokens), "--no-eos", "--out", str(out), "--force"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd, check=True, env=env, capture_output=True, cwd=ROOT)
     report = json.loads(out.read_text())
@@ -35,31 +38,34 @@ def run(nproc, hf, prompts, out, trials):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests.helpers import tiny_hf_llama
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        hf = tiny_hf_llama(d / "hf", seed=0, num_hidden_layers=a.layers)
+        hf = tiny_hf_llama(d / "hf", seed=0, num_hidden_layers=a.layers, hidden_size=a.hidden,
+                           intermediate_size=2 * a.hidden)
         prompts = d / "prompts.txt"
         prompts.write_text("the cat sat on\none two three\nhello world\nabc def\n")
         rows = []
         for nproc in (1, 2):
             t0 = time.perf_counter()
-            report = run(nproc, hf, prompts, d / f"dp{nproc}.json", a.trials)
+            report = run(nproc, hf, prompts, d / f"dp{nproc}.json", a.trials, a.max_new_tokens)
             wall = time.perf_counter() - t0
             n = len(report["trials"]) + len(report["per_layer"]) + 1
             rows.append((nproc, n, report["seconds"]["total"], n / report["seconds"]["total"], wall,
                          report["seconds"]["per_layer"], report["seconds"]["total"] - report["seconds"]["per_layer"],
-                         len(report["trials"])))
+                         len(report["trials"]), report["seconds"].get("search_propose", float("nan"))))
     print(f"{'DP':>3} {'sets evaluated':>15} {'probe s':>9} {'sets/s':>8} {'per-layer s':>12} {'search s':>9} "
-          f"{'trials/s':>9} {'process wall s':>15}")
+          f"{'trials/s':>9} {'BO propose s':>13} {'process wall s':>15}")
     for r in rows:
         print(f"{r[0]:>3} {r[1]:>15} {r[2]:>9.1f} {r[3]:>8.3f} {r[5]:>12.1f} {r[6]:>9.1f} {r[7] / r[6]:>9.3f} "
-              f"{r[4]:>15.1f}")
+              f"{r[8]:>13.1f} {r[4]:>15.1f}")
     print(f"DP=2 / DP=1 sets evaluated per second (whole probe): {rows[1][3] / rows[0][3]:.2f}")
     print(f"DP=2 / DP=1 search trials per second: {(rows[1][7] / rows[1][6]) / (rows[0][7] / rows[0][6]):.2f}")
 

@@ -43,7 +43,8 @@ def run_probe(model, prompts: list[list[int]], k: int, trials: int, settings: Pr
         "top_k_by_per_layer": warm,
         "trials": [t.to_dict() for t in search.trials],
         "chosen": search.best.to_dict(),
-        "seconds": {"per_layer": t_layers, "total": time.perf_counter() - t0},
+        "seconds": {"per_layer": t_layers, "search_propose": search.propose_seconds,
+                    "total": time.perf_counter() - t0},
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -102,6 +103,8 @@ def top_k_set(x: dict[str, float], layers: list[int], k: int) -> list[int]:
 class SearchResult:
     trials: list[Trial] = field(default_factory=list)
     best: Trial | None = None
+    propose_seconds: float = 0.0
+    """Time the optimiser spent proposing (on rank 0's coordinator, overlapping the replicas' evaluations)."""
 
 
 def bayesian_search(model, prompts, k: int, trials: int, settings: ProbeSettings, costs: dict, replicas: Replicas,
@@ -124,8 +127,8 @@ def bayesian_search(model, prompts, k: int, trials: int, settings: ProbeSettings
         else None
     replicas.run(source, _work(model, prompts, settings, costs))
     bar.close()
-    done = replicas.broadcast(sorted(source.results) if replicas.is_main else None)
-    result = SearchResult(trials=[Trial(**t) for _, t in done])
+    done, propose_s = replicas.broadcast((sorted(source.results), source.propose_s) if replicas.is_main else None)
+    result = SearchResult(trials=[Trial(**t) for _, t in done], propose_seconds=propose_s)
     result.best = max(result.trials, key=lambda t: (t.objective(objective), [-b for b in t.skip]))
     return result
 
@@ -147,6 +150,7 @@ class _BayesSource:
         self.pending: set[tuple] = set()
         self.issued = self.draws = 0
         self.results: list[tuple[int, dict]] = []
+        self.propose_s = 0.0
 
     def _register(self, point, value):
         with warnings.catch_warnings():
@@ -154,6 +158,13 @@ class _BayesSource:
             self.opt.register(params=point, target=value)
 
     def next_task(self, replica):
+        t0 = time.perf_counter()
+        try:
+            return self._next_task()
+        finally:
+            self.propose_s += time.perf_counter() - t0
+
+    def _next_task(self):
         if self.issued >= self.trials:
             return None
         chosen = None
