@@ -141,8 +141,8 @@ def _sides(cfg, roles, student_model: ModelConfig, teacher_model: ModelConfig, w
     students = world - t_ranks
     if students < s_tp * s_pp:
         raise RadError(f"the teacher needs {t_ranks} ranks (distill.roles.teacher_ranks) and one student replica "
-                       f"{s_tp * s_pp} (student_tp x system.student_pp), {t_ranks + s_tp * s_pp} in all, but the "
-                       f"allocation has {world}; add nodes or lower teacher_ranks")
+                       f"needs {s_tp * s_pp} (student_tp x system.student_pp): {t_ranks + s_tp * s_pp} ranks, but the "
+                       f"allocation has {world}; add nodes or lower distill.roles.teacher_ranks")
     if students % (s_tp * s_pp):
         raise RadError(f"the {students} student ranks ({world} - {t_ranks} teacher ranks) are not a multiple of "
                        f"student_tp x system.student_pp = {s_tp} x {s_pp}")

@@ -64,8 +64,8 @@ def _job(*overrides, nodes=4):
 
 
 def test_refuses_a_layout_that_does_not_fit():
-    # MIL's baseline with twice the micro-batch: the student's activations, loss workspace and full-vocabulary stream
-    # buffers double past 80 GiB; full recompute brings it back
+    # MIL's baseline with twice the micro-batch: the student's activations, full-vocabulary KL workspace and stream
+    # buffers double past 80 GiB; full recompute and a top-64 stream bring it back
     plan = make_plan(_job("distill.train.micro_batch_size=4", "distill.train.grad_accum=2"), GPU, 80)
     student = next(r for r in plan.rows if r.group == "student")
     short = (student.memory.peak - plan.usable_bytes) / 2**30
@@ -75,11 +75,11 @@ def test_refuses_a_layout_that_does_not_fit():
                                        rf"distill.train.micro_batch_size"):
         check_fits(plan)
     check_fits(make_plan(_job("distill.train.micro_batch_size=4", "distill.train.grad_accum=2",
-                              "system.recompute=full"), GPU, 80))
+                              "system.recompute=full", "distill.train.stream.top_k=64"), GPU, 80))
 
 
 def test_refuses_layouts_that_cannot_exist():
-    with pytest.raises(RadError, match=r"the teacher needs 24 ranks .* 25 in all, but the allocation has 8"):
+    with pytest.raises(RadError, match=r"the teacher needs 24 ranks .* needs 1 .*: 25 ranks, but the allocation has 8"):
         _job(nodes=1)
     with pytest.raises(RadError, match=r"student \(distill.roles.student_tp=5\): parallel.tp=5 does not divide "
                                        r"model.num_attention_heads=24"):
