@@ -50,14 +50,14 @@ def _ratio_text(t_u, t_s):
 def test_quick_study_artefacts_are_consistent(tmp_path):
     out = tmp_path / "study"
     args = ["study", "--config", str(ROOT / "configs/study_smollm2.yaml"), "--quick", "--out", str(out), *TINY]
-    first = rad(*args, "--max-runs", "1")
+    first = rad(*args, "--max-runs", "1", timeout=1200)
     assert first.returncode == 0, first.stderr[-3000:]
     done = sorted(p.parent.name for p in out.glob("runs/*/done.json"))
     assert len(done) == 1 and (out / "convergence.md").is_file()
     kept = out / "runs" / done[0] / "metrics.jsonl"
     stamp = kept.stat().st_mtime_ns
 
-    second = rad(*args)
+    second = rad(*args, timeout=1200)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"{done[0]} layers" not in second.stdout and "run 2/2" in second.stdout  # finished run skipped
     assert kept.stat().st_mtime_ns == stamp
