@@ -46,8 +46,8 @@ class Kernels:
 
 
 GPU = Kernels("gpu", te_norm_linear=True, flash_attention=True, fused_ssd=True, grad_buffer=True, fused_adam=True)
-# What `rad distill` runs on CPU: the local spec's torch ops, Megatron DDP's gradient buffer, torch's AdamW (the fallback
-# of Megatron's optimizer without TE/Apex)
+# What `rad distill` runs on CPU: the local spec's torch ops, Megatron DDP's gradient buffer, torch's AdamW
+# (the fallback of Megatron's optimizer without TE/Apex)
 CPU = Kernels("cpu", te_norm_linear=False, flash_attention=False, fused_ssd=False, grad_buffer=True, fused_adam=False)
 KERNELS = {k.name: k for k in (GPU, CPU)}
 
