@@ -12,6 +12,8 @@ All copies are rank-local: each TP rank takes its own heads, so swapping works a
 
 from __future__ import annotations
 
+import contextlib
+
 import copy
 
 import torch
@@ -90,6 +92,27 @@ def _init_from_attention(mixer, attn, cfg: ModelConfig, tp: int, init: str):
     C.copy_(q)
 
 
+@contextlib.contextmanager
+def _seeded_rng_tracker(seed: int):
+    """Megatron initialises the Mamba conv / dt / A parameters inside the model-parallel RNG tracker's fork, whose
+    state advances with every model built in the process; reseed it from `seed` for this build (so the same seed gives
+    the same layers however many swaps came before) and put the process's RNG streams back afterwards."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker, model_parallel_cuda_manual_seed
+
+    if not parallel_state.model_parallel_is_initialized():
+        yield
+        return
+    tracker = get_cuda_rng_tracker()
+    saved, default = tracker.get_states(), torch.get_rng_state()
+    model_parallel_cuda_manual_seed(seed)
+    torch.set_rng_state(default)
+    try:
+        yield
+    finally:
+        tracker.set_states(saved)
+
+
 @torch.no_grad()
 def swap_attention_to_mamba(model, blocks, init: str = "rad_zero", seed: int = 0):
     """A new model (same TP) with `blocks` replaced; `model` is left untouched. Call on every TP rank."""
@@ -100,8 +123,9 @@ def swap_attention_to_mamba(model, blocks, init: str = "rad_zero", seed: int = 0
     if init != "random":
         _check_mil_shape(new_cfg)
     torch.manual_seed(seed)  # identical on every rank: the full-matrix CPU init then slices consistently
-    new = build_model(new_cfg, tp=tp, dtype=model.config.params_dtype,
-                      device=next(model.parameters()).device)
+    with _seeded_rng_tracker(seed):
+        new = build_model(new_cfg, tp=tp, dtype=model.config.params_dtype,
+                          device=next(model.parameters()).device)
     old_sd, new_sd = model.state_dict(), new.state_dict()
     swapped_prefixes = tuple(f"decoder.layers.{mixer_layer_index(b)}." for b in blocks)
     for k, v in new_sd.items():

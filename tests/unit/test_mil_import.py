@@ -132,3 +132,15 @@ def test_mil_config_must_be_mil_shaped(tmp_path):
     bad["ssm_cfg"]["ngroups"] = 2
     with pytest.raises(RadError, match="ngroups \\* d_state == d_inner"):
         config_from_mil(json.loads((folder / "config.json").read_text()), bad)
+
+
+def test_swap_seed_fixes_the_new_layers_however_many_builds_came_before(dist, tmp_path):
+    """Mamba conv/dt/A are drawn inside Megatron's RNG-tracker fork, whose state advances with every build: the same
+    swap seed must still give the same layers on the second call, and a different seed different ones."""
+    from rad_megatron.swap import swap_attention_to_mamba
+
+    base, _ = model_from_hf(HFSource(tiny_hf_llama(tmp_path / "hf", num_hidden_layers=3)))
+    one, two, other = (swap_attention_to_mamba(base, [1], init="rad_zero", seed=s).state_dict() for s in (7, 7, 8))
+    keys = [k for k in one if not k.endswith("_extra_state")]
+    assert all(torch.equal(one[k], two[k]) for k in keys)
+    assert not torch.equal(one["decoder.layers.2.mixer.dt_bias"], other["decoder.layers.2.mixer.dt_bias"])
