@@ -27,18 +27,27 @@ def _check_folder(out: Path, cfg, force: bool) -> None:
     marker = out / "study.json"
     mine = {k: v for k, v in cfg.to_dict().items() if k in COMPARABLE}
     if marker.is_file() and json.loads(marker.read_text()).get("comparable") != mine:
+        old = json.loads(marker.read_text()).get("comparable", {})
         if not force:
-            old = json.loads(marker.read_text()).get("comparable", {})
             diff = sorted(k for k in COMPARABLE if old.get(k) != mine.get(k))
             raise RadError(f"study folder '{out}' holds runs made with other {', '.join(diff)} settings; choose "
                            f"another out=... or pass --force to delete them and start over")
-        shutil.rmtree(out)
+        _clear(out, keep_probe=all(old.get(k) == mine.get(k) for k in ("model", "probe")))
     elif not marker.is_file() and out.exists() and any(out.iterdir()) and not force:
         raise RadError(f"'{out}' is not empty and holds no study; choose another out=... or pass --force")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".study.json.tmp"
     tmp.write_text(json.dumps({"comparable": mine, "config": cfg.to_dict()}, indent=2))
     os.replace(tmp, marker)
+
+
+def _clear(out: Path, keep_probe: bool) -> None:
+    """--force: delete the study, but keep the probe additions when the model and probe settings are unchanged
+    (a search costs far more than a run, and its result does not depend on the training settings)."""
+    for p in out.iterdir():
+        if keep_probe and p.name.startswith("probe_") and p.suffix == ".json":
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def load_base(source):

@@ -104,3 +104,26 @@ def test_tokens_to_target_trained_ignores_the_start():
     assert tokens_to_target(cliff, 0.4) == 0.0
     assert tokens_to_target(cliff, 0.4, trained=True) == pytest.approx(250.0)
     assert tokens_to_target([(0, 0.2), (100, 0.35)], 0.4, trained=True) == 100
+
+
+def test_study_folder_refuses_other_settings_and_force_keeps_the_probe(tmp_path):
+    from rad_megatron.study.config import StudyConfig
+    from rad_megatron.study.run import _check_folder
+
+    out = tmp_path / "study"
+    cfg = StudyConfig(out=str(out))
+    _check_folder(out, cfg, force=False)
+    (out / "probe_search_k8.json").write_text("{}")
+    (out / "runs" / "rad-k4-mil-s0").mkdir(parents=True)
+    _check_folder(out, cfg, force=False)  # same settings: continue
+    cfg.seeds = [0, 1, 2]  # the grid may grow
+    _check_folder(out, cfg, force=False)
+    cfg.train.steps += 1
+    with pytest.raises(RadError, match="other train settings"):
+        _check_folder(out, cfg, force=False)
+    assert (out / "runs").is_dir()
+    _check_folder(out, cfg, force=True)
+    assert not (out / "runs").exists() and (out / "probe_search_k8.json").is_file()
+    cfg.probe.search_trials += 1
+    _check_folder(out, cfg, force=True)
+    assert not (out / "probe_search_k8.json").exists()
