@@ -90,5 +90,7 @@ def main(argv=None) -> int:
 
         return int(getattr(importlib.import_module(module), func)(args) or 0)
     except RadError as e:
-        print(f"rad {args.command}: error: {e}", file=sys.stderr)
+        # one write per line: ranks of a torchrun job share stderr, and print() writes the newline separately
+        sys.stderr.write(f"rad {args.command}: error: {e}\n")
+        sys.stderr.flush()
         return 2
