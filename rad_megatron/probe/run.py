@@ -26,8 +26,8 @@ def run_probe(model, prompts: list[list[int]], k: int, trials: int, settings: Pr
     cost = costs if isinstance(costs, dict) else layer_costs(model, costs)
     cost = replicas.broadcast(cost)  # measured costs differ per rank: use rank 0's everywhere
     t0 = time.perf_counter()
-    baseline = evaluate(model, prompts, [], settings, cost)  # skipping nothing: the upper bound on acceptance
-    per_layer = per_layer_scores(model, prompts, settings, cost, replicas)
+    # skipping nothing (the upper bound on acceptance) is one more task of the per-layer phase
+    baseline, *per_layer = per_layer_scores(model, prompts, settings, cost, replicas, with_baseline=True)
     t_layers = time.perf_counter() - t0
     ranked = sorted(per_layer, key=lambda t: (-t.objective(objective), t.skip[0]))
     warm = sorted(t.skip[0] for t in ranked[:k])

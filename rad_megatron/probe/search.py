@@ -67,16 +67,19 @@ def _progress(total, desc, enabled):
 
 
 class _Fixed:
-    """A fixed task list (the per-layer scores), handed out first come, first served."""
+    """A fixed task list, handed out first come, first served; results kept in list order."""
 
     def __init__(self, sets: list[list[int]], bar):
-        self.todo, self.results, self.bar = list(sets), [], bar
+        self.todo, self.results, self.bar = list(enumerate(sets)), {}, bar
 
     def next_task(self, replica):
-        return {"skip": self.todo.pop(0)} if self.todo else None
+        if not self.todo:
+            return None
+        i, skip = self.todo.pop(0)
+        return {"index": i, "skip": skip}
 
     def on_result(self, replica, task, result):
-        self.results.append(result)
+        self.results[task["index"]] = result
         self.bar.update(1)
 
 
@@ -84,14 +87,23 @@ def _work(model, prompts, settings, costs):
     return lambda task: evaluate(model, prompts, task["skip"], settings, costs).to_dict()
 
 
-def per_layer_scores(model, prompts, settings: ProbeSettings, costs: dict, replicas: Replicas) -> list[Trial]:
-    layers = model.rad_config.attention_layers
-    bar = _progress(len(layers), "per-layer scores", replicas.is_main)
-    source = _Fixed([[b] for b in layers], bar)
+def evaluate_sets(model, prompts, sets: list[list[int]], settings: ProbeSettings, costs: dict, replicas: Replicas,
+                  desc: str) -> list[Trial]:
+    """Every set evaluated once, by whichever replica is free; the trials in the order of `sets` on every rank."""
+    bar = _progress(len(sets), desc, replicas.is_main)
+    source = _Fixed(sets, bar)
     replicas.run(source, _work(model, prompts, settings, costs))
     bar.close()
-    results = replicas.broadcast(source.results if replicas.is_main else None)
-    return sorted((Trial(**t) for t in results), key=lambda t: t.skip[0])
+    results = replicas.broadcast([source.results[i] for i in range(len(sets))] if replicas.is_main else None)
+    return [Trial(**t) for t in results]
+
+
+def per_layer_scores(model, prompts, settings: ProbeSettings, costs: dict, replicas: Replicas,
+                     with_baseline: bool = False) -> list[Trial]:
+    """One trial per attention layer skipped alone, in layer order; with_baseline puts the no-skip trial first (one
+    replica evaluates it, instead of every replica separately before the phase starts)."""
+    sets = ([[]] if with_baseline else []) + [[b] for b in model.rad_config.attention_layers]
+    return evaluate_sets(model, prompts, sets, settings, costs, replicas, "per-layer scores")
 
 
 def top_k_set(x: dict[str, float], layers: list[int], k: int) -> list[int]:

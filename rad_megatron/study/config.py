@@ -58,6 +58,10 @@ class StudyTrain:
     """Sequences per step."""
     lr: float = 1e-3
     """Peak learning rate (warmup, then cosine to optim.min_lr_ratio * lr)."""
+    init_lr: dict = field(default_factory=dict)
+    """Peak LR per init (e.g. {rad_zero: 1e-4, mil: 1e-3}), replacing `lr` for that init. The inits want different
+    step sizes (rad_zero's first update opens a gate in front of a normalisation, so a large step jolts the model;
+    mil starts far from the teacher); every strategy still gets the same LR within an init."""
     optim: dict = field(default_factory=lambda: {"warmup_steps": 3})
     """distill.optim.OptimConfig fields (the trainer's optimizer: Megatron's Adam + scheduler)."""
     loss: dict = field(default_factory=dict)
@@ -70,6 +74,9 @@ class StudyTrain:
     """Held-out examples per forward."""
     trainable: str = "new_mamba"
     """Parameter group that trains (distill.targeting): RAD trains only the new Mamba layers."""
+
+    def lr_for(self, init: str) -> float:
+        return float(self.init_lr.get(init, self.lr))
 
 
 @dataclass
@@ -112,6 +119,8 @@ class StudyConfig:
     """GSM8K accuracy of teacher and students."""
     out: str = "runs/study_smollm2"
     """Study folder (teacher cache, probe additions, one folder per run, report)."""
+    report_dir: str = ""
+    """Also write the report (convergence.md/.png/.jsonl) here, e.g. docs/results; empty: only in `out`."""
 
     def __post_init__(self):
         from rad_megatron.swap import INITS
@@ -127,6 +136,10 @@ class StudyConfig:
         if "uniform" not in self.strategies:
             raise RadError("config.strategies must include 'uniform': the report measures every strategy against it")
         t = self.train
+        bad = [k for k in t.init_lr if k not in INITS]
+        if bad or any(not isinstance(v, (int, float)) or v <= 0 for v in t.init_lr.values()):
+            raise RadError(f"config.train.init_lr={t.init_lr}: keys must be among {', '.join(INITS)} and values "
+                           f"positive learning rates")
         if t.steps < 1 or t.micro_batch_size < 1 or t.eval_every < 1:
             raise RadError("config.train.steps, micro_batch_size and eval_every must be >= 1")
 

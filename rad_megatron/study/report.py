@@ -111,6 +111,15 @@ def accuracy_lines(acc: dict) -> list[str]:
     return lines
 
 
+def publish(out: Path, folder: Path) -> None:
+    """Copy the report's three files from the study folder to `folder` (each replaced atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("convergence.md", "convergence.png", "convergence.jsonl"):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes((out / name).read_bytes())
+        os.replace(tmp, folder / name)
+
+
 def write_report(out: Path, cfg, command: str, plan: list[dict], evidence: dict, sources: list[str],
                  rows: list[dict], acc: dict, timings: dict) -> Path:
     """convergence.{jsonl,png,md} in `out`; returns the markdown path."""
@@ -128,7 +137,8 @@ def write_report(out: Path, cfg, command: str, plan: list[dict], evidence: dict,
         "* compute time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) +
         f"; total {total / 60:.1f} min",
         f"* every run: {t.steps} steps x {t.micro_batch_size} sequences x {cfg.data.seq_len} tokens = {per_run} "
-        f"tokens of GSM8K train (chat format, loss on answer tokens), peak LR {t.lr} ({t.optim}), "
+        f"tokens of GSM8K train (chat format, loss on answer tokens), peak LR "
+        f"{', '.join(f'{i} {t.lr_for(i)}' for i in cfg.inits)} (per init; every strategy shares it) ({t.optim}), "
         f"trainable `{t.trainable}`, loss {t.loss or 'forward KL'} on the teacher's top-{t.top_k} (+ tail); "
         f"held-out KL / perplexity every {t.eval_every} steps on {cfg.data.held_out} held-out examples "
         "(answer tokens). Same data order for every strategy within a seed; the seed also sets the new layers' "

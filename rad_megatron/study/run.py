@@ -137,7 +137,7 @@ def _accuracy(cfg, base, tok, out: Path, plan: list[RunSpec], log) -> dict:
 def run_study(cfg, command: str, force: bool = False, max_runs: int | None = None, log=print) -> Path:
     """Run (or continue) the study into cfg.out; returns the report's path."""
     from rad_megatron.distributed import ParallelConfig, init_distributed
-    from rad_megatron.study.report import read_jsonl, write_report
+    from rad_megatron.study.report import publish, read_jsonl, write_report
 
     out = Path(cfg.out)
     _check_folder(out, cfg, force)
@@ -167,7 +167,10 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
         md = write_report(out, cfg, command, [s.fields() for s in plan], evidence.to_dict() if evidence else {},
                           sources, rows, {k: {kk: v for kk, v in r.items() if kk != "samples"} for k, r in
                                           acc.items()}, seconds)
-        log(f"wrote {md} ({len(finished)} of {len(plan)} runs finished; GSM8K accuracy of {len(acc)} models)")
+        if cfg.report_dir:
+            publish(out, Path(cfg.report_dir))
+        where = f" and {cfg.report_dir}" if cfg.report_dir else ""
+        log(f"wrote {md}{where} ({len(finished)} of {len(plan)} runs finished; GSM8K accuracy of {len(acc)} models)")
         return md
 
     md = report({})  # the convergence report first: accuracy takes long and is resumable on its own

@@ -88,7 +88,7 @@ def train_run(base, spec: RunSpec, cfg, train: dict, held: dict, order: list[int
     vocab = base.rad_config.vocab_size
     student = swap_attention_to_mamba(base, list(spec.layers), init=spec.init, seed=spec.seed)
     apply_targeting(student, tc.trainable, list(spec.layers))
-    opt = StageOptimizer(student, optim_config(tc), tc.lr, tc.steps, dp=1)
+    opt = StageOptimizer(student, optim_config(tc), tc.lr_for(spec.init), tc.steps, dp=1)
     weights, per_step = loss_weights(tc), tc.micro_batch_size * train["input_ids"].shape[1]
     records = [{**spec.fields(), "kind": "eval", "step": 0, "tokens": 0,
                 **evaluate(student.eval(), held, cache["held"], tc.eval_batch_size, vocab)}]

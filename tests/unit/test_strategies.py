@@ -127,3 +127,28 @@ def test_study_folder_refuses_other_settings_and_force_keeps_the_probe(tmp_path)
     cfg.probe.search_trials += 1
     _check_folder(out, cfg, force=True)
     assert not (out / "probe_search_k8.json").exists()
+
+
+def test_init_lr_replaces_lr_per_init_and_bad_entries_are_refused(tmp_path):
+    from rad_megatron.study.config import load_study_config
+
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("train: {lr: 3.0e-4, init_lr: {mil: 1.0e-3}}\n")
+    c = load_study_config(cfg)
+    assert c.train.lr_for("mil") == 1e-3 and c.train.lr_for("rad_zero") == 3e-4
+    with pytest.raises(RadError, match=r"config.train.init_lr=.*keys must be among mil, rad_zero, random"):
+        load_study_config(cfg, ["train.init_lr={zero: 1.0e-3}"])
+    with pytest.raises(RadError, match="positive learning rates"):
+        load_study_config(cfg, ["train.init_lr={mil: 1e-3}"])  # YAML 1.1 reads 1e-3 as a string
+
+
+def test_publish_copies_the_report_whole(tmp_path):
+    from rad_megatron.study.report import publish
+
+    out, docs = tmp_path / "study", tmp_path / "docs" / "results"
+    out.mkdir()
+    for name, data in (("convergence.md", b"# report"), ("convergence.png", b"\x89PNG"), ("convergence.jsonl", b"{}\n")):
+        (out / name).write_bytes(data)
+    publish(out, docs)
+    assert sorted(p.name for p in docs.iterdir()) == ["convergence.jsonl", "convergence.md", "convergence.png"]
+    assert (docs / "convergence.png").read_bytes() == b"\x89PNG"
