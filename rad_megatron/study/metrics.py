@@ -63,8 +63,9 @@ class Cell:
     budget: int = 0
 
 
-def summarize(rows: list[dict]) -> list[Cell]:
-    """Every (strategy, k, init) with the seeds for which both it and `uniform` finished."""
+def summarize(rows: list[dict], reference: str = "uniform") -> list[Cell]:
+    """Every (strategy, k, init) with the seeds for which both it and `reference` finished; the target of each seed is
+    the reference's final held-out KL."""
     cv = curves(rows)
     final_ppl = {}
     for r in rows:
@@ -74,7 +75,7 @@ def summarize(rows: list[dict]) -> list[Cell]:
                 final_ppl[key] = r["heldout_ppl"]
     cells: dict[tuple, Cell] = {}
     for (strategy, k, init, seed), curve in sorted(cv.items()):
-        ref = cv.get(("uniform", k, init, seed))
+        ref = cv.get((reference, k, init, seed))
         if ref is None:
             continue
         target = ref[-1][1]

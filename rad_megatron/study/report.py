@@ -42,6 +42,23 @@ def table_lines(rows: list[dict], strategies: list[str]) -> list[str]:
     return lines
 
 
+def rad_vs_lines(rows: list[dict], strategies: list[str]) -> list[str]:
+    """RAD against every baseline in turn: the target is that baseline's own final held-out KL (same k, init, seed)."""
+    lines = ["| k | init | baseline | seeds | baseline final KL | rad final KL | tokens to target: baseline | "
+             "tokens to target: rad | ratio baseline / rad | ratio, trained |", "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for b in [s for s in strategies if s != "rad"]:
+        cells = {(c.k, c.init, c.strategy): c for c in summarize(rows, reference=b)}
+        for (k, init, s), own in sorted(cells.items()):
+            rad = cells.get((k, init, "rad"))
+            if s != b or rad is None:
+                continue
+            lines.append(f"| {k} | {init} | {b} | {','.join(map(str, rad.seeds))} | {fmt_values(own.final_kl, '.4f')} | "
+                         f"{fmt_values(rad.final_kl, '.4f')} | {fmt_values(own.tokens, '.0f', own.budget)} | "
+                         f"{fmt_values(rad.tokens, '.0f', rad.budget)} | {fmt_values(rad.ratio, '.2f')} | "
+                         f"{fmt_values(rad.ratio_trained, '.2f')} |")
+    return lines
+
+
 def plot(rows: list[dict], strategies: list[str], png: Path) -> None:
     import matplotlib
 
@@ -153,6 +170,11 @@ def write_report(out: Path, cfg, command: str, plan: list[dict], evidence: dict,
         "sample sd over seeds when every seed is finite, else the per-seed values.", "",
         *table_lines(rows, cfg.strategies), "",
         "![held-out KL against tokens](convergence.png)", "",
+        "## RAD against each baseline", "",
+        "The same arithmetic with each baseline as the reference in turn: target = that baseline's final held-out KL "
+        "(same k, init and seed), ratio = tokens(baseline) / tokens(rad). A ratio above 1 means RAD's layers reach "
+        "the baseline's end point with fewer training tokens.", "",
+        *rad_vs_lines(rows, cfg.strategies), "",
         "## Layers each strategy replaced", "", *layer_lines(plan, evidence), "",
         "## GSM8K accuracy", "", *accuracy_lines(acc), "",
         "Raw metrics: `convergence.jsonl` (one line per training step and per evaluation of every run).", ""]

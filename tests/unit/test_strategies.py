@@ -152,3 +152,20 @@ def test_publish_copies_the_report_whole(tmp_path):
     publish(out, docs)
     assert sorted(p.name for p in docs.iterdir()) == ["convergence.jsonl", "convergence.md", "convergence.png"]
     assert (docs / "convergence.png").read_bytes() == b"\x89PNG"
+
+
+def test_rad_against_each_baseline_uses_that_baselines_final_kl():
+    from rad_megatron.study.metrics import summarize
+    from rad_megatron.study.report import rad_vs_lines
+
+    def run(strategy, kls):
+        return [{"kind": "eval", "strategy": strategy, "k": 4, "init": "mil", "seed": 0, "tokens": 100 * i,
+                 "heldout_kl": kl, "heldout_ppl": 1.0} for i, kl in enumerate(kls)]
+
+    rows = run("rad", [1.0, 0.5, 0.3]) + run("random", [1.0, 0.8, 0.4]) + run("uniform", [2.0, 1.5, 1.2])
+    rad = {c.strategy: c for c in summarize(rows, reference="random")}["rad"]
+    assert rad.tokens == [pytest.approx(150.0)]  # crosses random's final 0.4 halfway from 0.5 (100) to 0.3 (200)
+    assert rad.ratio == [pytest.approx(200 / 150)]
+    lines = rad_vs_lines(rows, ["rad", "uniform", "random"])
+    assert [ln.split("|")[3].strip() for ln in lines[2:]] == ["uniform", "random"]
+    assert lines[3].split("|")[9].strip() == "1.33 ± 0.00"
