@@ -10,7 +10,7 @@ they evaluate; its proposal time is printed because on a model this small it is 
 evaluation (on SmolLM2 an evaluation takes ~30 s, a proposal well under 1 s).
 
 Seconds per set are printed too: they show what the two replicas share besides the queue. On a 2-core VM with one
-32 MiB L3, two replicas of the default model (5 MiB of weights each) run at the single replica's speed; at
+32 MiB L3, two replicas of the default model (5 MiB of weights each) run within ~8% of one replica's speed; at
 --hidden 256 (21 MiB each, 42 MiB for two) every evaluation slows by ~40% from cache misses alone, and the ratio drops
 with it (docs/results/probe_dp.md), which GPUs (a replica per device) do not share.
 """

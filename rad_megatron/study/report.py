@@ -45,14 +45,16 @@ def table_lines(rows: list[dict], strategies: list[str]) -> list[str]:
 def rad_vs_lines(rows: list[dict], strategies: list[str]) -> list[str]:
     """RAD against every baseline in turn: the target is that baseline's own final held-out KL (same k, init, seed)."""
     lines = ["| k | init | baseline | seeds | baseline final KL | rad final KL | tokens to target: baseline | "
-             "tokens to target: rad | ratio baseline / rad | ratio, trained |", "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "tokens to target: rad | ratio baseline / rad | ratio, trained |",
+             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for b in [s for s in strategies if s != "rad"]:
         cells = {(c.k, c.init, c.strategy): c for c in summarize(rows, reference=b)}
-        for (k, init, s), own in sorted(cells.items()):
-            rad = cells.get((k, init, "rad"))
-            if s != b or rad is None:
+        for (k, init) in sorted({(k, init) for (k, init, s) in cells if s == b}):
+            own, rad = cells[(k, init, b)], cells.get((k, init, "rad"))
+            if rad is None:
                 continue
-            lines.append(f"| {k} | {init} | {b} | {','.join(map(str, rad.seeds))} | {fmt_values(own.final_kl, '.4f')} | "
+            lines.append(f"| {k} | {init} | {b} | {','.join(map(str, rad.seeds))} | "
+                         f"{fmt_values(own.final_kl, '.4f')} | "
                          f"{fmt_values(rad.final_kl, '.4f')} | {fmt_values(own.tokens, '.0f', own.budget)} | "
                          f"{fmt_values(rad.tokens, '.0f', rad.budget)} | {fmt_values(rad.ratio, '.2f')} | "
                          f"{fmt_values(rad.ratio_trained, '.2f')} |")

@@ -167,9 +167,10 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
         md = write_report(out, cfg, command, [s.fields() for s in plan], evidence.to_dict() if evidence else {},
                           sources, rows, {k: {kk: v for kk, v in r.items() if kk != "samples"} for k, r in
                                           acc.items()}, seconds)
+        where = ""
         if cfg.report_dir:
             publish(out, Path(cfg.report_dir))
-        where = f" and {cfg.report_dir}" if cfg.report_dir else ""
+            where = f" and {cfg.report_dir}"
         log(f"wrote {md}{where} ({len(finished)} of {len(plan)} runs finished; GSM8K accuracy of {len(acc)} models)")
         return md
 

@@ -147,7 +147,8 @@ def test_publish_copies_the_report_whole(tmp_path):
 
     out, docs = tmp_path / "study", tmp_path / "docs" / "results"
     out.mkdir()
-    for name, data in (("convergence.md", b"# report"), ("convergence.png", b"\x89PNG"), ("convergence.jsonl", b"{}\n")):
+    files = {"convergence.md": b"# report", "convergence.png": b"\x89PNG", "convergence.jsonl": b"{}\n"}
+    for name, data in files.items():
         (out / name).write_bytes(data)
     publish(out, docs)
     assert sorted(p.name for p in docs.iterdir()) == ["convergence.jsonl", "convergence.md", "convergence.png"]

@@ -1,6 +1,6 @@
 """torchrun worker: drive a fixed task list through probe.work_queue.run_tasks over every rank as one replica each.
 
-argv[1]: output JSON (rank 0 writes which replica did which task and when results arrived); argv[2]: 'ok', or
+argv[1]: output JSON (rank 0 writes which replica did which task, in the order results arrived); argv[2]: 'ok', or
 'fail' (replica 1 raises on its second task: every rank must stop with an error instead of waiting forever)."""
 
 import json
