@@ -57,7 +57,8 @@ def message_bytes(batch, seq, vocab, k) -> int:
 def teacher_targets(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig):
     """(values, indices or None, nll_sum, tokens) of one micro-batch (full-vocabulary logits gathered over TP)."""
     logits = forward_logits(model, ids).float()
-    logp = torch.log_softmax(logits / cfg.temperature, -1)
+    # no logits / 1.0: a vocabulary-sized copy for nothing (rad plan's teacher memory counts none at T = 1)
+    logp = torch.log_softmax(logits if cfg.temperature == 1.0 else logits / cfg.temperature, -1)
     logp1 = logp if cfg.temperature == 1.0 else torch.log_softmax(logits, -1)
     nll = -(logp1.gather(-1, labels.unsqueeze(-1)).squeeze(-1) * mask).sum().item()
     if cfg.top_k:

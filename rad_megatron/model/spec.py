@@ -15,6 +15,7 @@ from megatron.core.ssm.mlp_layer import MLPLayer
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from rad_megatron.model.attention import RopeCachedSelfAttention, SDPAAttention
 from rad_megatron.ssm.mixer import HybridMambaMixer, HybridMambaMixerSubmodules
 
 
@@ -24,6 +25,9 @@ def local_hybrid_spec() -> ModuleSpec:
 
     mixer = ModuleSpec(module=HybridMambaMixer, submodules=HybridMambaMixerSubmodules(
         in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
+    # cached decoding linear in the new tokens: grouped K/V read in place, RoPE applied once per key
+    g.self_attention.module = RopeCachedSelfAttention
+    g.self_attention.submodules.core_attention = SDPAAttention
     return ModuleSpec(module=HybridStack, submodules=HybridStackSubmodules(
         mamba_layer=ModuleSpec(module=MambaLayer, submodules=MambaLayerSubmodules(
             norm=g.input_layernorm, mixer=mixer, mamba_bda=get_bias_dropout_add,

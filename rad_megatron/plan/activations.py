@@ -3,15 +3,16 @@
 The method is Korthikanti et al. (2022, "Reducing Activation Recomputation in Large Transformer Models", section 4):
 list every tensor the forward pass saves for the backward pass and add up their sizes. Their 34 + 5as/h bytes per
 token and hidden unit describes GPT's kernels in 16-bit; here each layer kind of our hybrid (attention, Mamba-2,
-SwiGLU MLP) is counted for the kernels it actually runs with (`Kernels`), since an unfused attention keeps the H x s
-probabilities and our pure-torch SSD keeps its chunk matrices while the fused kernels keep only their inputs.
+SwiGLU MLP) is counted for the kernels it actually runs with (`Kernels`), since our pure-torch SSD keeps its chunk
+matrices while the fused kernels keep only their inputs. Both specs run fused attention (flash / torch SDPA): no
+s x s probabilities are kept and grouped K/V are not expanded.
 
 Each count is split in two: `needed` (kept to propagate the gradient to the layer's input) and `wgrad` (kept only for
 the layer's own weight gradients: norm outputs and linear-layer inputs), because a frozen layer does not keep the
 latter, and layers before the first trainable parameter keep nothing (autograd records no graph there).
 
-The CPU counts were read off the tensors autograd saves in our local-spec layers (torch RMSNorm, unfused attention
-with GQA-expanded K/V, unfused SwiGLU, `ssm.ssd.ssd_chunked`); `tests/unit/test_plan_memory.py` checks the total
+The CPU counts were read off the tensors autograd saves in our local-spec layers (torch RMSNorm, SDPA attention
+(`model.attention`), unfused SwiGLU, `ssm.ssd.ssd_chunked`); `tests/unit/test_plan_memory.py` checks the total
 against measured peak memory. The GPU counts follow from what Transformer Engine's LayerNormLinear, flash attention
 and mamba_ssm's chunk scan save; they are not measured here.
 """
@@ -34,8 +35,9 @@ class Kernels:
     """gpu | cpu."""
     te_norm_linear: bool
     """RMSNorm fused into the next linear (Transformer Engine) vs torch RMSNorm (which also keeps x * rstd)."""
-    flash_attention: bool
-    """Flash/fused attention (no s x s probabilities kept, K/V not expanded) vs Megatron's unfused attention."""
+    attention_output_copy: bool
+    """The local spec's SDPA output [b, heads, s, d] is permuted back to [s, b, heads * d], a copy that linear_proj
+    keeps for its weight gradient; TE's flash attention hands linear_proj the tensor it keeps anyway."""
     fused_ssd: bool
     """mamba_ssm chunk scan + causal_conv1d (keep their inputs) vs rad_megatron's torch chunked SSD."""
     grad_buffer: bool
@@ -45,10 +47,12 @@ class Kernels:
     """Adam step without temporaries (TE/Apex FusedAdam) vs torch AdamW's two per-tensor temporaries."""
 
 
-GPU = Kernels("gpu", te_norm_linear=True, flash_attention=True, fused_ssd=True, grad_buffer=True, fused_adam=True)
+GPU = Kernels("gpu", te_norm_linear=True, attention_output_copy=False, fused_ssd=True, grad_buffer=True,
+              fused_adam=True)
 # What `rad distill` runs on CPU: the local spec's torch ops, Megatron DDP's gradient buffer, torch's AdamW
 # (the fallback of Megatron's optimizer without TE/Apex)
-CPU = Kernels("cpu", te_norm_linear=False, flash_attention=False, fused_ssd=False, grad_buffer=True, fused_adam=False)
+CPU = Kernels("cpu", te_norm_linear=False, attention_output_copy=True, fused_ssd=False, grad_buffer=True,
+              fused_adam=False)
 KERNELS = {k.name: k for k in (GPU, CPU)}
 
 
@@ -80,14 +84,10 @@ def attention_acts(cfg: ModelConfig, tp: int, seq: int, mbs: int, e: int, k: Ker
     heads = cfg.num_attention_heads // tp
     n = _norm(cfg.hidden_size, e, k)
     rope = 4 * e * cfg.kv_channels / mbs  # unfused RoPE keeps cos and sin [s, d_h] for q and for k, per sequence
-    if k.flash_attention:  # rotated q, k; v is a view keeping the whole qkv output; output; fp32 log-sum-exp
-        core = e * (hd + kvd + (hd + 2 * kvd) + hd) + (0 if recompute == "selective" else FP32 * heads)
-        return LayerActs(n.needed + rope + core, n.wgrad)
-    if recompute == "selective":  # the checkpointed core attention keeps its inputs q, k and v (a view of qkv)
-        return LayerActs(n.needed + rope + e * (hd + kvd + (hd + 2 * kvd)), n.wgrad + e * hd)
-    # unfused: q, GQA-expanded k and v, softmax probabilities [heads, s] per token and the bool causal mask [s, s]
-    # per sequence; the context feeds linear_proj
-    return LayerActs(n.needed + rope + e * (3 * hd + heads * seq) + seq / mbs, n.wgrad + e * hd)
+    # rotated q, k; v is a view keeping the whole qkv output; the attention output; fp32 log-sum-exp per head
+    # (recomputed under selective recompute)
+    core = e * (hd + kvd + (hd + 2 * kvd) + hd) + (0 if recompute == "selective" else FP32 * heads)
+    return LayerActs(n.needed + rope + core, n.wgrad + (e * hd if k.attention_output_copy else 0))
 
 
 def mlp_acts(cfg: ModelConfig, tp: int, e: int, k: Kernels) -> LayerActs:

@@ -145,16 +145,13 @@ def _train_activations(job: Job, stage: int, k: Kernels, group: str) -> float:
 
 def _transient(side: Side, stage: int, k: Kernels, job: Job, tokens: int) -> float:
     """Working set of a forward pass without autograd: one layer's tensors at a time, bounded by what the layer
-    would keep for backward (plus, unfused, the s x s scores that exist next to their softmax), and the residual
-    stream in and out."""
+    would keep for backward, and the residual stream in and out."""
     cfg, e = side.model, job.bytes_per_value
     kinds = {p.kind for p in stage_parts(cfg, side.tp, side.pp, stage)} & {"attention", "mamba", "mlp"}
     batch = max(tokens // job.seq_len, 1)
 
     def per_token(kind):
-        acts = layer_acts(cfg, kind, side.tp, job.seq_len, batch, e, k, "none").total
-        scores = e * cfg.num_attention_heads // side.tp * job.seq_len
-        return acts + (scores if kind == "attention" and not k.flash_attention else 0)
+        return layer_acts(cfg, kind, side.tp, job.seq_len, batch, e, k, "none").total
 
     return (max((per_token(kind) for kind in kinds), default=0.0) + 2 * e * cfg.hidden_size) * tokens
 

@@ -5,6 +5,7 @@ convergence table against `uniform`, GSM8K accuracy)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -121,10 +122,30 @@ def layer_lines(plan: list[dict], evidence: dict) -> list[str]:
     return lines
 
 
-def accuracy_lines(acc: dict) -> list[str]:
+def accuracy_lines(acc: dict, plan: list[dict], strategies: list[str]) -> list[str]:
     if not acc:
-        return ["GSM8K accuracy was not measured (accuracy.limit = 0 or no run finished)."]
-    lines = ["| model | questions | accuracy (flexible) | accuracy (strict) |", "|---|---:|---:|---:|"]
+        return ["GSM8K accuracy not measured yet: it is scored after every run has finished when accuracy.limit > 0 "
+                "(one cached result per model; the same command resumes it)."]
+    students = [p for p in plan if p["run"] in acc]
+    lines = [f"Scored: the teacher and {len(students)} of {len(plan)} final students"
+             + ("." if len(students) == len(plan) else " (accuracy.runs selects them; the same command continues "
+                "an interrupted scoring).")]
+    if students:
+        n = acc[students[0]["run"]]["n"]
+        p_mean = sum(acc[p["run"]]["flexible"] for p in students) / len(students)
+        lines += ["", "Flexible accuracy per strategy, mean over the scored seeds (count in brackets). With "
+                  f"{n} questions one model's standard error is sqrt(p(1-p)/{n}) = "
+                  f"{math.sqrt(p_mean * (1 - p_mean) / n):.3f} at the students' mean p = {p_mean:.3f}.", "",
+                  "| k | init | " + " | ".join(strategies) + " |", "|---:|---|" + "---:|" * len(strategies)]
+        for k, init in sorted({(p["k"], p["init"]) for p in students}):
+            cells = []
+            for s in strategies:
+                vals = [acc[p["run"]]["flexible"] for p in students if (p["k"], p["init"], p["strategy"]) ==
+                        (k, init, s)]
+                cells.append(f"{sum(vals) / len(vals):.3f} ({len(vals)})" if vals else "")
+            lines.append(f"| {k} | {init} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["| model | questions | accuracy (flexible) | accuracy (strict) |", "|---|---:|---:|---:|"]
     for name, r in sorted(acc.items(), key=lambda x: (x[0] != "teacher", x[0])):
         lines.append(f"| {name} | {r['n']} | {r['flexible']:.3f} | {r['strict']:.3f} |")
     return lines
@@ -178,7 +199,7 @@ def write_report(out: Path, cfg, command: str, plan: list[dict], evidence: dict,
         "the baseline's end point with fewer training tokens.", "",
         *rad_vs_lines(rows, cfg.strategies), "",
         "## Layers each strategy replaced", "", *layer_lines(plan, evidence), "",
-        "## GSM8K accuracy", "", *accuracy_lines(acc), "",
+        "## GSM8K accuracy", "", *accuracy_lines(acc, plan, cfg.strategies), "",
         "Raw metrics: `convergence.jsonl` (one line per training step and per evaluation of every run).", ""]
     md = out / "convergence.md"
     _write_atomic(md, "\n".join(lines))

@@ -114,7 +114,9 @@ def _teacher(cfg, base, tok, source, out: Path, timings: Timings, log):
     return train, held, orders, cache
 
 
-def _accuracy(cfg, base, tok, out: Path, plan: list[RunSpec], log) -> dict:
+def _accuracy(cfg, base, tok, out: Path, plan: list[RunSpec], log, on_result) -> dict:
+    """Score the teacher and the selected students (cached per model); on_result(results so far) after each new
+    score, so an interrupted accuracy phase still leaves a report with what it measured."""
     from rad_megatron.study.accuracy import cached_accuracy, read_questions
 
     a = cfg.accuracy
@@ -126,11 +128,14 @@ def _accuracy(cfg, base, tok, out: Path, plan: list[RunSpec], log) -> dict:
         (spec.name, lambda f=out / "runs" / spec.name: load_student(base, f))
         for spec in wanted if is_done(out / "runs" / spec.name)]
     results = {}
-    for name, build in models:
+    for i, (name, build) in enumerate(models):
         path = out / "accuracy" / f"{name}.json"
-        if not path.is_file():
-            log(f"GSM8K accuracy: {name} ({len(questions)} questions)")
+        fresh = not path.is_file()
+        if fresh:
+            log(f"GSM8K accuracy {i + 1}/{len(models)}: {name} ({len(questions)} questions)")
         results[name] = cached_accuracy(path, build, tok, questions, a.max_new_tokens, a.batch_size)
+        if fresh and i + 1 < len(models):
+            on_result(dict(results))
     return results
 
 
@@ -176,5 +181,5 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
 
     md = report({})  # the convergence report first: accuracy takes long and is resumable on its own
     if len(finished) == len(plan) and cfg.accuracy.limit > 0:
-        md = report(_accuracy(cfg, base, tok, out, plan, log))
+        md = report(_accuracy(cfg, base, tok, out, plan, log, on_result=report))
     return md

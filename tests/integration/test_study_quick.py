@@ -91,6 +91,8 @@ def test_quick_study_artefacts_are_consistent(tmp_path):
     for name, a in acc.items():
         assert a["n"] == 2 and 0 <= a["flexible"] <= 1 and len(a["samples"]) == 2
         assert re.search(rf"\| {re.escape(name)} \| 2 \| {a['flexible']:.3f} \|", md)
+    assert "the teacher and 1 of 2 final students" in md
+    assert f"| 4 | rad_zero | {acc['rad-k4-rad_zero-s0']['flexible']:.3f} (1) |  |" in md  # uniform not scored
     assert all(math.isfinite(r["heldout_kl"]) for r in rows if r["kind"] == "eval")
 
     other = rad(*args[:-len(TINY)], *TINY[:-1], "data.max_examples=61")

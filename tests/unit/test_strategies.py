@@ -170,3 +170,19 @@ def test_rad_against_each_baseline_uses_that_baselines_final_kl():
     lines = rad_vs_lines(rows, ["rad", "uniform", "random"])
     assert [ln.split("|")[3].strip() for ln in lines[2:]] == ["uniform", "random"]
     assert lines[3].split("|")[9].strip() == "1.33 ± 0.00"
+
+
+def test_accuracy_summary_averages_scored_seeds_per_strategy():
+    from rad_megatron.study.report import accuracy_lines
+
+    plan = [{"run": f"{s}-k4-mil-s{seed}", "strategy": s, "k": 4, "init": "mil", "seed": seed}
+            for seed in (0, 1) for s in ("rad", "uniform")]
+    acc = {"teacher": {"n": 200, "flexible": 0.03, "strict": 0.0},
+           "rad-k4-mil-s0": {"n": 200, "flexible": 0.02, "strict": 0.0},
+           "rad-k4-mil-s1": {"n": 200, "flexible": 0.04, "strict": 0.01},
+           "uniform-k4-mil-s0": {"n": 200, "flexible": 0.01, "strict": 0.0}}
+    text = "\n".join(accuracy_lines(acc, plan, ["rad", "uniform"]))
+    assert "the teacher and 3 of 4 final students" in text
+    assert "| 4 | mil | 0.030 (2) | 0.010 (1) |" in text  # rad: mean of two seeds; uniform: one scored
+    assert f"= {math.sqrt(0.07 / 3 * (1 - 0.07 / 3) / 200):.3f} at the students' mean p = 0.023" in text
+    assert text.index("| teacher | 200 | 0.030 | 0.000 |") < text.index("| rad-k4-mil-s0 |")
