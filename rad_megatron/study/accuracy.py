@@ -45,13 +45,20 @@ def gsm8k_accuracy(model, tok, questions: list[dict], max_new_tokens: int, batch
                         for q, r, c in zip(questions, responses, flexible)]}
 
 
+def saved_accuracy(path: Path, n: int, max_new_tokens: int) -> dict | None:
+    """The result in `path` if it was measured on the same number of questions and generation budget."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved if saved.get("n") == n and saved.get("max_new_tokens") == max_new_tokens else None
+
+
 def cached_accuracy(path: Path, model_fn, tok, questions, max_new_tokens: int, batch_size: int) -> dict:
     """The result in `path` if it exists for the same questions and budget, else measured (model_fn() builds the
     model only then) and written atomically."""
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("n") == len(questions) and saved.get("max_new_tokens") == max_new_tokens:
-            return saved
+    saved = saved_accuracy(path, len(questions), max_new_tokens)
+    if saved is not None:
+        return saved
     result = gsm8k_accuracy(model_fn(), tok, questions, max_new_tokens, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

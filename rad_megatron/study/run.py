@@ -114,36 +114,40 @@ def _teacher(cfg, base, tok, source, out: Path, timings: Timings, log):
     return train, held, orders, cache
 
 
-def _accuracy(cfg, base, tok, out: Path, plan: list[RunSpec], log, on_result) -> dict:
-    """Score the teacher and the selected students (cached per model); on_result(results so far) after each new
-    score, so an interrupted accuracy phase still leaves a report with what it measured."""
-    from rad_megatron.study.accuracy import cached_accuracy, read_questions
+def _accuracy(cfg, base, tok, questions: list[dict], out: Path, plan: list[RunSpec], log, on_result) -> dict:
+    """Score the teacher and the selected students (cached per model). on_result(results so far) first with the
+    scores earlier invocations saved, then after each new score, so the published report never drops a measured
+    score and an interrupted accuracy phase still leaves a report with what it measured."""
+    from rad_megatron.study.accuracy import cached_accuracy, saved_accuracy
 
     a = cfg.accuracy
-    if a.limit <= 0:
-        return {}
-    questions = read_questions(a.path, a.limit)
     wanted = [s for s in plan if a.runs is None or any(fnmatch.fnmatch(s.name, p) for p in a.runs)]
     models = [("teacher", lambda: base)] + [
         (spec.name, lambda f=out / "runs" / spec.name: load_student(base, f))
         for spec in wanted if is_done(out / "runs" / spec.name)]
-    results = {}
-    for i, (name, build) in enumerate(models):
-        path = out / "accuracy" / f"{name}.json"
-        fresh = not path.is_file()
-        if fresh:
-            log(f"GSM8K accuracy {i + 1}/{len(models)}: {name} ({len(questions)} questions)")
-        results[name] = cached_accuracy(path, build, tok, questions, a.max_new_tokens, a.batch_size)
-        if fresh and i + 1 < len(models):
+    path = {name: out / "accuracy" / f"{name}.json" for name, _ in models}
+    saved = {name: saved_accuracy(path[name], len(questions), a.max_new_tokens) for name, _ in models}
+    results = {name: r for name, r in saved.items() if r is not None}
+    on_result(dict(results))
+    todo = [(name, build) for name, build in models if name not in results]
+    for i, (name, build) in enumerate(todo):
+        log(f"GSM8K accuracy {len(results) + 1}/{len(models)}: {name} ({len(questions)} questions)")
+        results[name] = cached_accuracy(path[name], build, tok, questions, a.max_new_tokens, a.batch_size)
+        if i + 1 < len(todo):
             on_result(dict(results))
-    return results
+    return {name: results[name] for name, _ in models}
 
 
 def run_study(cfg, command: str, force: bool = False, max_runs: int | None = None, log=print) -> Path:
     """Run (or continue) the study into cfg.out; returns the report's path."""
     from rad_megatron.distributed import ParallelConfig, init_distributed
+    from rad_megatron.study.accuracy import read_questions
     from rad_megatron.study.report import publish, read_jsonl, write_report
 
+    # inputs first: a wrong path should fail before --force clears a folder and an hour of training, not after
+    if not Path(cfg.data.path).is_file():
+        raise RadError(f"config.data.path {cfg.data.path} does not exist; point it at GSM8K train.jsonl")
+    questions = read_questions(cfg.accuracy.path, cfg.accuracy.limit) if cfg.accuracy.limit > 0 else []
     out = Path(cfg.out)
     _check_folder(out, cfg, force)
     init_distributed(ParallelConfig(tp=1, seed=0))
@@ -179,7 +183,7 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
         log(f"wrote {md}{where} ({len(finished)} of {len(plan)} runs finished; GSM8K accuracy of {len(acc)} models)")
         return md
 
-    md = report({})  # the convergence report first: accuracy takes long and is resumable on its own
-    if len(finished) == len(plan) and cfg.accuracy.limit > 0:
-        md = report(_accuracy(cfg, base, tok, out, plan, log, on_result=report))
-    return md
+    if len(finished) < len(plan) or cfg.accuracy.limit <= 0:
+        return report({})
+    # _accuracy writes the convergence report with the saved scores before it scores anything new
+    return report(_accuracy(cfg, base, tok, questions, out, plan, log, on_result=report))
