@@ -191,10 +191,20 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
                 raise RadError(f"override '{key}': '{last}' is not an index of a {len(node)}-entry list")
-            node[int(last)] = yaml.safe_load(value)
+            node[int(last)] = _override_value(item, key, value)
         else:
-            node[last] = yaml.safe_load(value)
+            node[last] = _override_value(item, key, value)
     return data
+
+
+def _override_value(item: str, key: str, value: str):
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        # `*`, `&` and `!` start YAML aliases, anchors and tags: a glob like [*-k4-*] must be quoted inside the value
+        raise RadError(f"override '{item}': the value is not valid YAML ({problem}); quote the strings in it, "
+                       f"e.g. '{key}=[\"*-k4-*\"]' or '{key}=\"a: b\"'") from None
 
 
 def from_dict(cls, data, where: str):

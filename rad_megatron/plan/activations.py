@@ -78,7 +78,7 @@ def _norm(d: int, e: int, k: Kernels) -> LayerActs:
     return LayerActs(e * (d + 1), 2 * e * d)
 
 
-def attention_acts(cfg: ModelConfig, tp: int, seq: int, mbs: int, e: int, k: Kernels, recompute: str) -> LayerActs:
+def attention_acts(cfg: ModelConfig, tp: int, mbs: int, e: int, k: Kernels, recompute: str) -> LayerActs:
     hd = cfg.num_attention_heads // tp * cfg.kv_channels
     kvd = kv_heads_per_rank(cfg, tp) * cfg.kv_channels
     heads = cfg.num_attention_heads // tp
@@ -145,7 +145,7 @@ def layer_acts(cfg: ModelConfig, kind: str, tp: int, seq: int, mbs: int, e: int,
     if recompute == "full":
         return LayerActs(e * cfg.hidden_size, 0.0)
     if kind == ATTENTION:
-        return attention_acts(cfg, tp, seq, mbs, e, k, recompute)
+        return attention_acts(cfg, tp, mbs, e, k, recompute)
     if kind == MAMBA:
         return mamba_acts(cfg, tp, seq, e, k)
     return mlp_acts(cfg, tp, e, k)

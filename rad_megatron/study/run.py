@@ -50,20 +50,20 @@ def _clear(out: Path, keep_probe: bool) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def load_base(source):
-    """(model, tokenizer, source name) of the teacher / starting model."""
+def load_base(source, device="cpu"):
+    """(model on `device`, tokenizer, source name) of the teacher / starting model."""
     from transformers import AutoTokenizer
 
     if source.ckpt:
         from rad_megatron.checkpoint.store import load_model, load_tokenizer
 
-        return load_model(source.ckpt).eval(), load_tokenizer(source.ckpt), str(source.ckpt)
+        return load_model(source.ckpt).to(device).eval(), load_tokenizer(source.ckpt), str(source.ckpt)
     from rad_megatron.checkpoint.hf_import import model_from_hf
     from rad_megatron.checkpoint.hf_source import resolve
 
     src = resolve(source.hf)
     model, _ = model_from_hf(src)
-    return model.eval(), AutoTokenizer.from_pretrained(src.folder), str(src.folder)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(src.folder), str(src.folder)
 
 
 def make_plan(cfg, attention_layers: list[int], evidence) -> list[RunSpec]:
@@ -150,9 +150,11 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
     questions = read_questions(cfg.accuracy.path, cfg.accuracy.limit) if cfg.accuracy.limit > 0 else []
     out = Path(cfg.out)
     _check_folder(out, cfg, force)
-    init_distributed(ParallelConfig(tp=1, seed=0))
+    ctx = init_distributed(ParallelConfig(tp=1, seed=0))
     timings = Timings(out / "timings.json")
-    base, tok, source = load_base(cfg.model)
+    # the model lives on the rank's device (the GPU where there is one); data and cached targets stay on the host and
+    # travel per batch, so the cache file is the same on every machine
+    base, tok, source = load_base(cfg.model, ctx.device)
     evidence, sources = _evidence(cfg, base, tok, out, timings, log)
     plan = make_plan(cfg, base.rad_config.attention_layers, evidence)
     train, held, orders, cache = _teacher(cfg, base, tok, source, out, timings, log)

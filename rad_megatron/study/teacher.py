@@ -46,10 +46,12 @@ def _fingerprint(obj) -> str:
 
 
 def _targets(model, ids, labels, mask, top_k):
+    """Top-k teacher targets of one batch, computed on the model's device and kept on the host."""
     from rad_megatron.distill.stream import StreamConfig, teacher_targets
 
-    vals, idx, nll, ntok = teacher_targets(model, ids, labels, mask, StreamConfig(top_k=top_k))
-    return vals, idx, nll, ntok
+    dev = next(model.parameters()).device
+    vals, idx, nll, ntok = teacher_targets(model, ids.to(dev), labels.to(dev), mask.to(dev), StreamConfig(top_k=top_k))
+    return vals.cpu(), idx.cpu(), nll, ntok
 
 
 @torch.no_grad()

@@ -58,11 +58,13 @@ def evaluate(model, held: dict, held_targets: list, batch_size: int, vocab: int)
     """Held-out KL(teacher || student) on top-k + tail and the student's perplexity of the answer tokens, both
     per-token means over the held-out answers (the trainer's evaluation, on cached targets)."""
     weights = LossWeights(fkl=1.0, ce=1.0)
+    dev = next(model.parameters()).device
     kl = nll = n = t_nll = t_tok = 0.0
     for i, (vals, idx, tnll, ttok) in enumerate(held_targets):
-        b = {k: v[i * batch_size:(i + 1) * batch_size] for k, v in held.items()}
+        b = {k: v[i * batch_size:(i + 1) * batch_size].to(dev) for k, v in held.items()}
         logits = model(input_ids=b["input_ids"], position_ids=position_ids_for(b["input_ids"]), attention_mask=None)
-        _, terms = distill_loss(logits, vals, idx.long(), b["labels"], b["loss_mask"], weights, None, 0, vocab)
+        _, terms = distill_loss(logits, vals.to(dev), idx.to(dev).long(), b["labels"], b["loss_mask"], weights, None,
+                                0, vocab)
         m = b["loss_mask"].sum().item()
         kl, nll, n, t_nll, t_tok = kl + terms["fkl"] * m, nll + terms["ce"] * m, n + m, t_nll + tnll, t_tok + ttok
     return {"heldout_kl": kl / n, "heldout_ppl": math.exp(nll / n), "teacher_ppl": math.exp(t_nll / t_tok)}
@@ -93,15 +95,15 @@ def train_run(base, spec: RunSpec, cfg, train: dict, held: dict, order: list[int
     records = [{**spec.fields(), "kind": "eval", "step": 0, "tokens": 0,
                 **evaluate(student.eval(), held, cache["held"], tc.eval_batch_size, vocab)}]
     student.train()
+    dev = next(student.parameters()).device
     for step in range(1, tc.steps + 1):
         rows = order[(step - 1) * tc.micro_batch_size: step * tc.micro_batch_size]
-        vals, idx = train_targets(cache, rows)
+        vals, idx = (t.to(dev) for t in train_targets(cache, rows))
         ts = time.perf_counter()
         opt.zero_grad()
-        ids = train["input_ids"][rows]
+        ids, labels, mask = (train[k][rows].to(dev) for k in ("input_ids", "labels", "loss_mask"))
         logits = opt.ddp(input_ids=ids, position_ids=position_ids_for(ids), attention_mask=None)
-        loss, terms = distill_loss(logits, vals, idx, train["labels"][rows], train["loss_mask"][rows], weights,
-                                   None, 0, vocab)
+        loss, terms = distill_loss(logits, vals, idx, labels, mask, weights, None, 0, vocab)
         loss.backward()
         lr, norm = opt.step()
         records.append({**spec.fields(), "kind": "train", "step": step, "tokens": step * per_step,
@@ -128,7 +130,7 @@ def load_student(base, folder: Path):
     """A finished run's final student: the original model swapped as the run did, with its trained layers loaded."""
     from rad_megatron.swap import swap_attention_to_mamba
 
-    saved = torch.load(folder / "student_layers.pt", weights_only=False)
+    saved = torch.load(folder / "student_layers.pt", weights_only=False, map_location="cpu")  # GPU-made runs too
     student = swap_attention_to_mamba(base, saved["layers"], init=saved["init"], seed=0)
     missing = student.load_state_dict(saved["state"], strict=False)
     if missing.unexpected_keys:

@@ -29,3 +29,13 @@ def test_bad_keys_are_named(tmp_path):
         load_run_config(tmp_path / "d.yaml", ["distill.train.stages.3.lr=1"])
     with pytest.raises(RadError, match="does not exist"):
         load_run_config(tmp_path / "missing.yaml")
+
+
+def test_override_that_is_not_yaml_names_the_override_and_the_quoting(tmp_path):
+    from rad_megatron.settings import apply_overrides
+
+    with pytest.raises(RadError) as err:
+        apply_overrides({"accuracy": {}}, ["accuracy.runs=[*-k4-*]"])  # `*` starts a YAML alias
+    assert "override 'accuracy.runs=[*-k4-*]'" in str(err.value) and '[\\"*-k4-*\\"]' not in str(err.value)
+    assert """'accuracy.runs=["*-k4-*"]'""" in str(err.value)
+    assert apply_overrides({"accuracy": {}}, ['accuracy.runs=["*-k4-*"]'])["accuracy"]["runs"] == ["*-k4-*"]

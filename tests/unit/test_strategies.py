@@ -142,6 +142,22 @@ def test_init_lr_replaces_lr_per_init_and_bad_entries_are_refused(tmp_path):
         load_study_config(cfg, ["train.init_lr={mil: 1e-3}"])  # YAML 1.1 reads 1e-3 as a string
 
 
+def test_gpu_study_is_the_cpu_study_with_a_larger_budget():
+    from tests.helpers import ROOT
+
+    from rad_megatron.study.config import load_study_config
+
+    cpu = load_study_config(ROOT / "configs/study_smollm2.yaml")
+    gpu = load_study_config(ROOT / "configs/study_smollm2_gpu.yaml")
+    assert (gpu.strategies, gpu.ks, gpu.inits, gpu.seeds) == (cpu.strategies, cpu.ks, cpu.inits, cpu.seeds)
+    assert gpu.probe == cpu.probe and gpu.train.init_lr == cpu.train.init_lr and gpu.train.top_k == cpu.train.top_k
+    tokens = [c.train.steps * c.train.micro_batch_size * c.data.seq_len for c in (cpu, gpu)]
+    assert tokens[1] >= 16 * tokens[0] and gpu.data.held_out > cpu.data.held_out and gpu.accuracy.runs is None
+    assert gpu.out != cpu.out and gpu.report_dir != cpu.report_dir  # never overwrites the CPU study or its report
+    with pytest.raises(RadError, match="no `quick:` mapping"):
+        load_study_config(ROOT / "configs/study_smollm2_gpu.yaml", quick=True)
+
+
 def test_publish_copies_the_report_whole(tmp_path):
     from rad_megatron.study.report import publish
 
