@@ -35,7 +35,8 @@ def resolve_on_main_first(path):
 
 
 def load_model_and_tokenizer(args, ctx):
-    """The model of --ckpt (a rad_megatron checkpoint) or --hf (HF Llama / MIL folder or GGUF), and its tokenizer."""
+    """The model of --ckpt (a rad_megatron checkpoint) or --hf (HF Llama / MIL folder or GGUF) on the rank's device,
+    and its tokenizer."""
     from rad_megatron.errors import RadError
 
     ckpt, hf = getattr(args, "ckpt", None), getattr(args, "hf", None)
@@ -44,7 +45,7 @@ def load_model_and_tokenizer(args, ctx):
     if ckpt:
         from rad_megatron.checkpoint.store import load_model, load_tokenizer, read_meta
 
-        model = load_model(ckpt, tp=ctx.tp)
+        model = load_model(ckpt, tp=ctx.tp).to(ctx.device)
         model.rad_meta = read_meta(ckpt)
         return model.eval(), load_tokenizer(ckpt)
     from transformers import AutoTokenizer
@@ -53,5 +54,6 @@ def load_model_and_tokenizer(args, ctx):
 
     source = resolve_on_main_first(hf)
     model, _ = model_from_hf(source, tp=ctx.tp, tp_rank=ctx.tp_rank)
+    model = model.to(ctx.device)
     model.rad_meta = {"source": str(source.folder)}
     return model, AutoTokenizer.from_pretrained(source.folder)

@@ -27,13 +27,13 @@ def _setup(args):
     return cfg, build_roles(cfg.distill), build_train_config(cfg.distill), build_data_config(cfg.data)
 
 
-def _load(source, tp, tp_rank, pg_collection=None, process_group=None):
-    """(model, tokenizer, meta) of a ModelSource at this rank's TP shard."""
+def _load(source, tp, tp_rank, pg_collection=None, process_group=None, device="cpu"):
+    """(model on `device`, tokenizer, meta) of a ModelSource at this rank's TP shard."""
     if source.ckpt:
         from rad_megatron.checkpoint.store import load_model, load_tokenizer, read_meta
 
         model = load_model(source.ckpt, tp=tp, process_group=process_group, pg_collection=pg_collection)
-        return model, load_tokenizer(source.ckpt), read_meta(source.ckpt)
+        return model.to(device), load_tokenizer(source.ckpt), read_meta(source.ckpt)
     from transformers import AutoTokenizer
 
     from rad_megatron.checkpoint.hf_import import model_from_hf
@@ -41,7 +41,7 @@ def _load(source, tp, tp_rank, pg_collection=None, process_group=None):
 
     src = resolve(source.hf)
     model, _ = model_from_hf(src, tp=tp, tp_rank=tp_rank, pg_collection=pg_collection)
-    return model, AutoTokenizer.from_pretrained(src.folder), {"source": str(src.folder)}
+    return model.to(device), AutoTokenizer.from_pretrained(src.folder), {"source": str(src.folder)}
 
 
 def _new_layers(meta) -> list[int]:
@@ -56,9 +56,11 @@ def distill(args) -> int:
     _prepare_sources(cfg)
     role = init_roles(layout, seed=train_cfg.seed)
     if role.is_student:
-        model, tok, meta = _load(cfg.model, role.tp, role.tp_rank, process_group=role.student_group)
+        model, tok, meta = _load(cfg.model, role.tp, role.tp_rank, process_group=role.student_group,
+                                 device=role.device)
     else:
-        model, tok, meta = _load(cfg.distill.teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group)
+        model, tok, meta = _load(cfg.distill.teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group,
+                                 device=role.device)
     run_distill(role, model, tok, data_cfg, train_cfg, Path(cfg.out), _new_layers(meta), args.resume,
                 args.stop_after, meta={k: v for k, v in meta.items() if k in ("source", "mamba_init", "swaps")})
     return 0

@@ -28,9 +28,9 @@ def run(args) -> int:
 
     tok = AutoTokenizer.from_pretrained(source.folder)
     ids = torch.tensor([tok(args.text)["input_ids"]])
-    with torch.no_grad():
-        ours = forward_logits(model, ids)
-    ours_tokens = greedy_recompute(model, ids, args.tokens)
+    with torch.no_grad():  # ours on the rank's device, the transformers reference on the host
+        ours = forward_logits(model, ids.to(ctx.device)).cpu()
+    ours_tokens = greedy_recompute(model, ids.to(ctx.device), args.tokens).cpu()
     result = None
     if ctx.is_main:
         from transformers import AutoModelForCausalLM
@@ -53,7 +53,7 @@ def _load_ours(args, source, ctx):
     if args.ckpt:
         from rad_megatron.checkpoint.store import load_model
 
-        return load_model(args.ckpt, tp=ctx.tp).eval()
+        return load_model(args.ckpt, tp=ctx.tp).to(ctx.device).eval()
     from rad_megatron.checkpoint.hf_import import model_from_hf
 
-    return model_from_hf(source, tp=ctx.tp, tp_rank=ctx.tp_rank)[0]
+    return model_from_hf(source, tp=ctx.tp, tp_rank=ctx.tp_rank)[0].to(ctx.device)

@@ -44,7 +44,11 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
         raise RadError(f"distill.train.stream.top_k={train_cfg.stream.top_k} exceeds the vocabulary ({vocab}); "
                        f"use top_k <= {vocab}, or 0 to send the whole vocabulary")
     check_same_tokenizer(tok)
+    # model and data on the rank's device (the GPU where there is one), so every batch and stream buffer is there too
+    model = model.to(role.device)
     train, held = build_data(tok, data_cfg)
+    train = {k: v.to(role.device) for k, v in train.items()}
+    held = {k: v.to(role.device) for k, v in held.items()} if held is not None else None
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
@@ -55,7 +59,7 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
         if ckpt is not None:
             from rad_megatron.checkpoint.store import load_model
 
-            model = load_model(ckpt, tp=role.tp, process_group=role.student_group)
+            model = load_model(ckpt, tp=role.tp, process_group=role.student_group).to(role.device)
         trainer = StudentTrainer(role, model, train_cfg, train, held, new_layers, out, tokenizer=tok, meta=meta)
         if ckpt is not None:
             start = trainer.load_state(ckpt)

@@ -40,7 +40,7 @@ class StreamConfig:
 def checksum(ids: torch.Tensor) -> float:
     """Order-sensitive fingerprint of a batch of token ids, exact in float64 (< 2^52)."""
     flat = ids.reshape(-1).long()
-    pos = torch.arange(1, flat.numel() + 1)
+    pos = torch.arange(1, flat.numel() + 1, device=flat.device)
     return float(((flat * pos).sum().item() * 1000003 + flat.sum().item()) % (1 << 52))
 
 
@@ -77,7 +77,8 @@ class TeacherSender:
         self.bytes_sent = 0
 
     def send(self, dests: list[int], step: int, micro: int, ids, vals, idx, nll: float, tokens: float):
-        header = torch.tensor([step, micro, checksum(ids), nll, tokens], dtype=torch.float64)
+        # on the values' device: NCCL sends only GPU tensors
+        header = torch.tensor([step, micro, checksum(ids), nll, tokens], dtype=torch.float64, device=vals.device)
         tensors = [header, vals] + ([idx] if idx is not None else [])
         for dst in dests:
             works = [dist.isend(t, dst=dst, tag=j) for j, t in enumerate(tensors)]
@@ -102,8 +103,9 @@ class TeacherSender:
 class StudentReceiver:
     """A student rank: keeps `lookahead` receives posted from its teacher and checks each against its own batch."""
 
-    def __init__(self, src: int, vocab: int, cfg: StreamConfig, expected: list[tuple[int, int, int, int]]):
-        self.src, self.cfg, self.vocab = src, cfg, vocab
+    def __init__(self, src: int, vocab: int, cfg: StreamConfig, expected: list[tuple[int, int, int, int]],
+                 device: torch.device | str = "cpu"):
+        self.src, self.cfg, self.vocab, self.device = src, cfg, vocab, device
         self.expected = deque(expected)  # (step, micro, batch, seq) in the order this rank consumes them
         self.to_post = deque(expected)
         self.posted: deque = deque()
@@ -117,7 +119,8 @@ class StudentReceiver:
             return
         _, _, batch, seq = self.to_post.popleft()
         dtypes = [torch.float64, torch.float32, torch.int32]
-        bufs = [torch.empty(s, dtype=d) for s, d in zip(message_shapes(batch, seq, self.vocab, self.cfg.top_k), dtypes)]
+        shapes = message_shapes(batch, seq, self.vocab, self.cfg.top_k)
+        bufs = [torch.empty(s, dtype=d, device=self.device) for s, d in zip(shapes, dtypes)]
         works = [dist.irecv(b, src=self.src, tag=j) for j, b in enumerate(bufs)]
         self.posted.append((works, bufs))
 

@@ -183,7 +183,8 @@ class StudentTrainer:
             else:
                 b = _eval_batch(self.held, e.micro, self.cfg.eval_batch_size)["input_ids"]
                 expected.append((e.step, 1000 + e.micro, b.shape[0], b.shape[1]))
-        return StudentReceiver(self.role.teacher_for(self.role.dp_rank), self.vocab, self.cfg.stream, expected)
+        return StudentReceiver(self.role.teacher_for(self.role.dp_rank), self.vocab, self.cfg.stream, expected,
+                               device=self.role.device)
 
     # ---- one micro-batch ---------------------------------------------------------------------------------------
     def _loss(self, b, step, micro, weights, module=None):
@@ -191,7 +192,7 @@ class StudentTrainer:
                             attention_mask=None)
         vals, idx, tnll, ttok = self.receiver.receive(step, micro, b["input_ids"])
         if idx is None:  # the whole vocabulary was sent: index it like a top-k with k = V
-            idx = torch.arange(vals.shape[-1]).expand(vals.shape)
+            idx = torch.arange(vals.shape[-1], device=vals.device).expand(vals.shape)
         loss, terms = distill_loss(logits, vals, idx, b["labels"], b["loss_mask"], weights, self.tp_group,
                                    self.vocab_start, self.vocab)
         return loss, terms, tnll, ttok
