@@ -56,11 +56,9 @@ def distill(args) -> int:
     _prepare_sources(cfg)
     role = init_roles(layout, seed=train_cfg.seed)
     if role.is_student:
-        model, tok, meta = _load(cfg.model, role.tp, role.tp_rank, process_group=role.student_group,
-                                 device=role.device)
+        model, tok, meta = _load(cfg.model, role.tp, role.tp_rank, process_group=role.student_group)
     else:
-        model, tok, meta = _load(cfg.distill.teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group,
-                                 device=role.device)
+        model, tok, meta = _load(cfg.distill.teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group)
     run_distill(role, model, tok, data_cfg, train_cfg, Path(cfg.out), _new_layers(meta), args.resume,
                 args.stop_after, meta={k: v for k, v in meta.items() if k in ("source", "mamba_init", "swaps")})
     return 0

@@ -25,5 +25,6 @@ def run(args) -> int:
     ids = torch.tensor([tok(text)["input_ids"]], device=ctx.device)
     out = greedy_recompute(model, ids, args.max_new_tokens, eos_id=tok.eos_token_id)
     if ctx.is_main:
-        print(f"prompt: {args.prompt}\ncompletion: {tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)}")
+        completion = tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+        print(f"prompt: {args.prompt}\ncompletion: {completion}")
     return 0

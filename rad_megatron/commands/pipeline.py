@@ -37,14 +37,13 @@ def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None
     role = init_roles(layout, seed=train_cfg.seed)
     source = cfg.model
     if role.is_student:
-        model, tok, meta = _load(source, role.tp, role.tp_rank, process_group=role.student_group, device=role.device)
+        model, tok, meta = _load(source, role.tp, role.tp_rank, process_group=role.student_group)
         model = swap_attention_to_mamba(model, layers, init=cfg.swap.init, seed=cfg.swap.seed)
         meta = {"source": meta.get("source"), "swaps": model.rad_swaps,
                 "mamba_init": {str(b): cfg.swap.init for b in layers}}
     else:
         teacher = cfg.distill.teacher if (cfg.distill.teacher.hf or cfg.distill.teacher.ckpt) else source
-        model, tok, meta = _load(teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group,
-                                 device=role.device)
+        model, tok, meta = _load(teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group)
     records = run_distill(role, model, tok, data_cfg, train_cfg, out, sorted(layers), resume, stop_after, meta)
     if role.is_main:
         _summary(cfg, out, layers, records, time.perf_counter() - t0, t_probe)

@@ -44,7 +44,8 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
         raise RadError(f"distill.train.stream.top_k={train_cfg.stream.top_k} exceeds the vocabulary ({vocab}); "
                        f"use top_k <= {vocab}, or 0 to send the whole vocabulary")
     check_same_tokenizer(tok)
-    # model and data on the rank's device (the GPU where there is one), so every batch and stream buffer is there too
+    # the one place a distillation's model and data go to the rank's device (the GPU where there is one), so every
+    # batch and stream buffer is there too
     model = model.to(role.device)
     train, held = build_data(tok, data_cfg)
     train = {k: v.to(role.device) for k, v in train.items()}

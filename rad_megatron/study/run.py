@@ -128,8 +128,9 @@ def _accuracy(cfg, base, tok, questions: list[dict], out: Path, plan: list[RunSp
     path = {name: out / "accuracy" / f"{name}.json" for name, _ in models}
     saved = {name: saved_accuracy(path[name], len(questions), a.max_new_tokens) for name, _ in models}
     results = {name: r for name, r in saved.items() if r is not None}
-    on_result(dict(results))
     todo = [(name, build) for name, build in models if name not in results]
+    if todo:  # with nothing to score, the caller's report is the only one
+        on_result(dict(results))
     for i, (name, build) in enumerate(todo):
         log(f"GSM8K accuracy {len(results) + 1}/{len(models)}: {name} ({len(questions)} questions)")
         results[name] = cached_accuracy(path[name], build, tok, questions, a.max_new_tokens, a.batch_size)

@@ -37,6 +37,11 @@ def test_accuracy_phase_reports_saved_scores_first_and_scores_only_the_rest(tmp_
     assert [result[n]["from"] for n in result] == ["saved", "saved", "new", "new"]
     assert json.loads((tmp_path / "accuracy" / "c.json").read_text())["max_new_tokens"] == 2  # rewritten
 
+    events.clear()  # everything is saved now: nothing scored, and the caller's report is the only one
+    again = run._accuracy(cfg, "base", None, questions, tmp_path, plan, print,
+                          on_result=lambda r: events.append(("report", sorted(r))))
+    assert events == [] and {n: r["from"] for n, r in again.items()} == {n: r["from"] for n, r in result.items()}
+
 
 def test_study_with_a_wrong_input_path_fails_before_touching_the_folder(tmp_path):
     from tests.helpers import ROOT, rad
