@@ -53,13 +53,9 @@ def saved_accuracy(path: Path, n: int, max_new_tokens: int) -> dict | None:
     return saved if saved.get("n") == n and saved.get("max_new_tokens") == max_new_tokens else None
 
 
-def cached_accuracy(path: Path, model_fn, tok, questions, max_new_tokens: int, batch_size: int) -> dict:
-    """The result in `path` if it exists for the same questions and budget, else measured (model_fn() builds the
-    model only then) and written atomically."""
-    saved = saved_accuracy(path, len(questions), max_new_tokens)
-    if saved is not None:
-        return saved
-    result = gsm8k_accuracy(model_fn(), tok, questions, max_new_tokens, batch_size)
+def measure_accuracy(path: Path, model, tok, questions, max_new_tokens: int, batch_size: int) -> dict:
+    """gsm8k_accuracy of `model`, written atomically to `path` (read back by saved_accuracy)."""
+    result = gsm8k_accuracy(model, tok, questions, max_new_tokens, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1))

@@ -118,7 +118,7 @@ def _accuracy(cfg, base, tok, questions: list[dict], out: Path, plan: list[RunSp
     """Score the teacher and the selected students (cached per model). on_result(results so far) first with the
     scores earlier invocations saved, then after each new score, so the published report never drops a measured
     score and an interrupted accuracy phase still leaves a report with what it measured."""
-    from rad_megatron.study.accuracy import cached_accuracy, saved_accuracy
+    from rad_megatron.study.accuracy import measure_accuracy, saved_accuracy
 
     a = cfg.accuracy
     wanted = [s for s in plan if a.runs is None or any(fnmatch.fnmatch(s.name, p) for p in a.runs)]
@@ -133,7 +133,7 @@ def _accuracy(cfg, base, tok, questions: list[dict], out: Path, plan: list[RunSp
         on_result(dict(results))
     for i, (name, build) in enumerate(todo):
         log(f"GSM8K accuracy {len(results) + 1}/{len(models)}: {name} ({len(questions)} questions)")
-        results[name] = cached_accuracy(path[name], build, tok, questions, a.max_new_tokens, a.batch_size)
+        results[name] = measure_accuracy(path[name], build(), tok, questions, a.max_new_tokens, a.batch_size)
         if i + 1 < len(todo):
             on_result(dict(results))
     return {name: results[name] for name, _ in models}
