@@ -105,6 +105,9 @@ class SystemSection:
     """Pipeline stages of each student replica (student ranks = student_tp * student_pp * data-parallel size)."""
     teacher_pp: int = 1
     """Pipeline stages of each teacher replica (teacher_ranks = teacher_tp * teacher_pp * teacher replicas)."""
+    sequence_parallel: bool = False
+    """Megatron's sequence parallelism for tensor-parallel ranks (TP > 1): norms, residuals and dropout run on a
+    1/TP slice of the sequence, cutting activation memory by ~TP outside attention and the mixers."""
 
     def __post_init__(self):
         for name, allowed in (("precision", PRECISIONS), ("recompute", RECOMPUTE)):

@@ -106,17 +106,19 @@ def check_complete(path) -> None:
                        f"{len(files)} shard files); copy the whole folder again or re-create it with rad convert")
 
 
-def load_model(path, tp: int = 1, dtype=torch.float32, process_group=None, pp: int = 1, pg_collection=None):
+def load_model(path, tp: int = 1, dtype=torch.float32, process_group=None, pp: int = 1, pg_collection=None,
+               **build):
     """Build the model recorded in `path` at TP size `tp` (and PP size `pp`: this rank's stage) and load its weights
     (resharding if saved at another TP/PP). `process_group` holds every rank that loads (a subset of the world, e.g.
-    the teachers); `pg_collection` gives the model groups other than Megatron's global parallel state."""
+    the teachers); `pg_collection` gives the model groups other than Megatron's global parallel state; `build` holds
+    build_model's other runtime options (recompute, sequence_parallel)."""
     from megatron.core import dist_checkpointing
 
     from rad_megatron.model import build_model
 
     cfg = model_config(path)
     check_complete(path)
-    model = build_model(cfg, tp=tp, dtype=dtype, pp=pp, pg_collection=pg_collection)
+    model = build_model(cfg, tp=tp, dtype=dtype, pp=pp, pg_collection=pg_collection, **build)
     try:
         # a model on groups outside the global parallel state names its data-parallel group itself
         metadata = {"dp_cp_group": pg_collection.dp_cp} if pg_collection is not None else None

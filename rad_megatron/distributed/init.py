@@ -138,6 +138,12 @@ def init_distributed(parallel: ParallelConfig | None = None, env=None) -> DistCo
         dp_rank=parallel_state.get_data_parallel_rank(), device=device, backend=backend)
 
 
+def init_launched(tp: int | None, seed: int = 1234) -> DistContext:
+    """init_distributed with TP = the launched world size unless given (for jobs that replicate nothing)."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else launched_world_size()
+    return init_distributed(ParallelConfig(tp=tp or world, seed=seed))
+
+
 def destroy_distributed() -> None:
     from megatron.core import parallel_state
 
