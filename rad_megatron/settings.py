@@ -30,6 +30,9 @@ class ModelSource:
     all `rad plan` needs (no hub access). A relative path is read from the folder of the config file naming it."""
     config: dict = field(default_factory=dict)
     """ModelConfig fields set over `arch` (e.g. the hybrid `layout` of a base model)."""
+    cache: str | None = None
+    """distill.teacher only: an offline teacher cache folder (`rad teacher-cache` writes it there) to train from
+    instead of running the teacher; the run then has no teacher ranks."""
 
 
 @dataclass
@@ -229,7 +232,11 @@ def from_dict(cls, data, where: str):
 
 
 def load_run_config(path, overrides: list[str] = ()) -> RunConfig:
-    return from_dict(RunConfig, apply_overrides(read_yaml(Path(path)), list(overrides)), "config")
+    cfg = from_dict(RunConfig, apply_overrides(read_yaml(Path(path)), list(overrides)), "config")
+    if cfg.model.cache:
+        raise RadError(f"model.cache={cfg.model.cache}: only the teacher takes an offline cache; set "
+                       f"distill.teacher.cache instead")
+    return cfg
 
 
 def build_train_config(section: DistillSection):
@@ -252,7 +259,13 @@ def build_train_config(section: DistillSection):
 def build_roles(section: DistillSection):
     from rad_megatron.distill.roles import RoleLayout
 
-    return from_dict(RoleLayout, section.roles, "config.distill.roles")
+    layout = from_dict(RoleLayout, section.roles, "config.distill.roles")
+    if section.teacher.cache:  # the targets are on disk: every rank is a student
+        layout.teacher_ranks = 0
+    elif layout.teacher_ranks == 0:
+        raise RadError("distill.roles.teacher_ranks=0 needs distill.teacher.cache (an offline teacher cache made by "
+                       "rad teacher-cache); give one, or teacher ranks")
+    return layout
 
 
 def build_data_config(data: dict):
