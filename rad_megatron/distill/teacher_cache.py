@@ -19,9 +19,11 @@ anything is written.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -82,15 +84,22 @@ def _existing(out: Path, intent: dict, resume: bool, fix: str) -> int:
     return old.get("samples", 0)
 
 
-def _eval_targets(model, held, size: int, stream: StreamConfig, device) -> list[tuple]:
-    from rad_megatron.distill.trainer import num_eval_batches
-
+def _eval_targets(model, batches: list[dict], stream: StreamConfig, device) -> list[tuple]:
+    """Held-out batches (one example per row, no packing) as the live teacher serves them."""
     out = []
-    for i in range(num_eval_batches(held, size)):
-        b = {k: v[i * size:(i + 1) * size].to(device) for k, v in held.items()}
+    for b in batches:
+        b = {k: v.to(device) for k, v in b.items()}
         vals, idx, label_logp = teacher_token_targets(model, b["input_ids"], b["labels"], stream)
         out.append((b["input_ids"], vals, idx, label_logp, b["loss_mask"]))
     return out
+
+
+def held_out_batches(held: dict | None, size: int) -> list[dict]:
+    """The trainer's held-out batches: rows [i * size, (i + 1) * size) of the held-out set."""
+    if held is None:
+        return []
+    n = held["input_ids"].shape[0]
+    return [{k: v[i:i + size] for k, v in held.items()} for i in range(0, n, size)]
 
 
 @torch.no_grad()
@@ -99,12 +108,10 @@ def write_teacher_cache(ctx, model, data, train_cfg, teacher: str, tokenizer: st
     """Every rank of a TP x DP teacher job calls this; returns {samples, written, complete} (see the module doc)."""
     from tqdm.auto import tqdm
 
-    from rad_megatron.distill.trainer import num_eval_batches
-
     out, mbs, W = Path(job.out), train_cfg.micro_batch_size, ctx.dp
-    eval_batches = num_eval_batches(data.held, train_cfg.eval_batch_size)
+    eval_batches = held_out_batches(data.held, train_cfg.eval_batch_size)
     intent = intended_manifest(teacher, tokenizer, data, train_cfg, W, model.rad_config.vocab_size, job.dtype,
-                               eval_batches)
+                               len(eval_batches))
     planned = _existing(out, intent, job.resume, fix)
     samples = max(train_cfg.total_steps * job.replicas * train_cfg.grad_accum * mbs, planned)
     dist.barrier()  # every rank has checked before anything is written
@@ -116,9 +123,9 @@ def write_teacher_cache(ctx, model, data, train_cfg, teacher: str, tokenizer: st
     done = committed_records(out, ctx.dp_rank, dtype, mbs) // mbs  # read before any rank appends
     dist.barrier()
     if ctx.dp_rank == 0 and not (out / "eval.safetensors").is_file():
-        batches = _eval_targets(model, data.held, train_cfg.eval_batch_size, train_cfg.stream, ctx.device)
-        if writes and batches:
-            write_eval_file(out, batches)
+        targets = _eval_targets(model, eval_batches, train_cfg.stream, ctx.device)
+        if writes and targets:
+            write_eval_file(out, targets)
     mine = list(range(ctx.dp_rank, samples // mbs, W))[done:]
     if job.stop_after is not None:
         mine = mine[:job.stop_after]
@@ -141,6 +148,59 @@ def write_teacher_cache(ctx, model, data, train_cfg, teacher: str, tokenizer: st
         (out / PARTIAL).unlink(missing_ok=True)
     dist.barrier()
     return {"samples": samples, "written": sum(counts), "complete": complete}
+
+
+# ---------------------------------------------------------------------------------------------------- any batches
+@torch.no_grad()
+def write_targets(model, batches, out, *, teacher: str, tokenizer: str, data: str, stream: StreamConfig,
+                  eval_batches=(), dtype: str = "float32"):
+    """A one-writer cache of given batches (the library API for drivers with their own data, e.g. `rad study`).
+
+    `batches` yields (sample ids, batch) with batch holding input_ids, labels, loss_mask [n, seq] (and seq_idx for
+    packed documents); `eval_batches` are held-out batch dicts (served as held-out batch i). `data` fingerprints what
+    the samples are. A complete cache at `out` made with the same teacher, tokenizer, data, top_k, temperature and
+    dtype is returned as it is (nothing recomputed); an interrupted one is continued (batches whose samples are all
+    stored are skipped); a cache of anything else is refused. Returns the TeacherCache; read it back by sample id
+    (`targets`), held-out batch (`eval_targets`) or (step, micro) (`CachedTargets`)."""
+    from rad_megatron.distill.cache_store import TeacherCache
+
+    out, eval_batches, batches = Path(out), list(eval_batches), iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise RadError("write_targets: no batches")
+    batches, (ids0, b0) = itertools.chain([first], batches), first
+    meta = {"teacher": teacher, "tokenizer": tokenizer, "data": data, "top_k": stream.top_k,
+            "temperature": stream.temperature, "dtype": dtype}
+    intent = {"format": FORMAT, **meta, "index_dtype": index_dtype_for(model.rad_config.vocab_size),
+              "seq_len": b0["input_ids"].shape[1], "micro_batch_size": len(ids0), "writers": 1,
+              "eval_batch_size": eval_batches[0]["input_ids"].shape[0] if eval_batches else 0,
+              "eval_batches": len(eval_batches)}
+    if (out / MANIFEST).is_file():
+        cache = TeacherCache(out)
+        if all(cache.manifest.get(k) == v for k, v in meta.items()):
+            return cache
+        raise RadError(f"{out} holds a teacher cache made for another teacher, tokenizer, data or stream settings; "
+                       f"delete it or choose another folder")
+    _existing(out, intent, resume=True, fix="write_targets")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / PARTIAL, intent)
+    device = next(model.parameters()).device
+    if eval_batches and not (out / "eval.safetensors").is_file():
+        write_eval_file(out, _eval_targets(model, eval_batches, stream, device))
+    dtype_np = manifest_dtype(intent)
+    writer = ShardWriter(out, 0, dtype_np)
+    stored = set(np.fromfile(shard_paths(out, 0)[1], dtype="<i8").tolist())
+    for ids, b in batches:
+        if set(int(i) for i in ids) <= stored:
+            continue
+        b = {k: v.to(device) for k, v in b.items()}
+        vals, idx, label_logp = teacher_token_targets(model, b["input_ids"], b["labels"], stream, b.get("seq_idx"))
+        writer.append(list(ids), to_records(dtype_np, b["input_ids"], vals, idx, label_logp, b["loss_mask"], dtype))
+    writer.close()
+    write_json_atomic(out / MANIFEST, {**intent, "samples": writer.count,
+                                       "shards": [{"file": shard_paths(out, 0)[0].name, "records": writer.count}]})
+    (out / PARTIAL).unlink(missing_ok=True)
+    return TeacherCache(out)
 
 
 # ---------------------------------------------------------------------------------------------------- the command
