@@ -5,7 +5,12 @@ forward + backward + optimizer step with targets already in memory, alone), and 
 with targets received from the live teacher). Prints R = t_step / max(t_teacher, t_student) (goal <= 1.05) and the
 bytes sent per token for top-k vs the full vocabulary.
 
-    python bench/teacher_overlap.py [--hf PATH] [--seq 128] [--steps 8] [--top-k 64]
+--cached adds, in the same run, the offline teacher cache: the teacher rank writes the same micro-batches' targets
+to a cache (distill.teacher_cache.write_targets), and the student steps again reading them from it (the student
+alone, no teacher running): R_cached = t_cached_step / t_student, the cache's bytes per token, and its read
+throughput (targets read per second, in tokens, page cache warm).
+
+    python bench/teacher_overlap.py [--hf PATH] [--seq 128] [--steps 8] [--top-k 64] [--cached]
 (it re-launches itself under torchrun with 2 ranks; the default model is SmolLM2-135M-Instruct)
 """
 
@@ -32,7 +37,14 @@ def _args():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=64)
     ap.add_argument("--layers", default="5,11,17,23", help="blocks swapped to Mamba in the student")
+    ap.add_argument("--cached", action="store_true", help="also run the student from an offline teacher cache")
+    ap.add_argument("--cache-dir", default="runs/bench_teacher_cache", help="where --cached writes its cache")
     return ap.parse_args()
+
+
+def _micro(a, i):
+    """Sample ids of micro-batch i (the cache's key)."""
+    return list(range(i * a.batch, (i + 1) * a.batch))
 
 
 def worker(a):
@@ -97,6 +109,8 @@ def worker(a):
         print(f"student wait in pipelined run: {recv.wait_s * 1000 / n:.1f} ms/step")
         print(f"bytes per token: top-{a.top_k} {per_tok(a.top_k):.0f}, full vocabulary {per_tok(0):.0f} "
               f"(ratio {per_tok(0) / per_tok(a.top_k):.1f}x)")
+        if a.cached:
+            _student_cached(a, n, step, t_s, t_p / max(t_t, t_s))
     else:
         alone = []
         for i in range(n):
@@ -110,6 +124,47 @@ def worker(a):
             sender.send(role.student_replica_ranks(0), 1, i, ids[n + i], vals, idx, nll, tok)
         sender.flush()
         dist.broadcast_object_list([statistics.median(alone[2:])], src=role.student_ranks)
+        if a.cached:
+            _teacher_writes_cache(a, model, n, ids, labels, mask, cfg)
+
+
+def _teacher_writes_cache(a, model, n, ids, labels, mask, cfg):
+    import shutil
+
+    import torch.distributed as dist
+
+    from rad_megatron.distill.teacher_cache import write_targets
+
+    shutil.rmtree(a.cache_dir, ignore_errors=True)
+    batches = [(_micro(a, i), {"input_ids": ids[n + i], "labels": labels[n + i], "loss_mask": mask})
+               for i in range(n)]
+    write_targets(model, batches, a.cache_dir, teacher="bench", tokenizer="bench", data="bench", stream=cfg)
+    dist.barrier()
+
+
+def _student_cached(a, n, step, t_student, r_live):
+    import torch.distributed as dist
+
+    from rad_megatron.distill.cache_store import TeacherCache
+
+    dist.barrier()  # the teacher has written the cache
+    cache = TeacherCache(a.cache_dir)
+    piped = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        t = cache.targets(_micro(a, i))
+        step(n + i, t["values"], t["indices"])
+        piped.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        for i in range(n):
+            cache.targets(_micro(a, i))
+    read = 3 * n * a.batch * a.seq / (time.perf_counter() - t0)
+    t_c = statistics.median(piped[2:])
+    print(f"cached step      {t_c * 1000:8.1f} ms (targets read from the cache, no teacher running)")
+    print(f"R live = {r_live:.3f}; R cached = t_cached_step / t_student = {t_c / t_student:.3f}")
+    print(f"cache: {cache.dtype.itemsize / a.seq:.0f} bytes per token (top-{a.top_k} float32 values + "
+          f"{cache.manifest['index_dtype']} indices + label log-prob + mask), read {read:,.0f} tokens/s")
 
 
 def main():

@@ -270,8 +270,12 @@ def build_roles(section: DistillSection):
 
 def build_data_config(data: dict):
     from rad_megatron.data.datasets import DataConfig
+    from rad_megatron.data.loader import sources_of
 
-    return from_dict(DataConfig, data, "config.data")
+    cfg = from_dict(DataConfig, data, "config.data")
+    if cfg.path or cfg.blend:  # a blend is checked before any model loads (`rad plan` needs no data)
+        sources_of(cfg)
+    return cfg
 
 
 def build_model_config(source: ModelSource, where: str = "config.model"):

@@ -170,7 +170,11 @@ def build_corpus(source: Source, tok, tokenizer_id: str, folder: Path, num_proc:
         meta = {"source": source.path, "tokenizer": tokenizer_id, "documents": docs, "tokens": count,
                 "has_mask": masked, "sha256": digest, "version": BUILD_VERSION}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another job built the same corpus meanwhile: keep theirs
+            if not (folder / "meta.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

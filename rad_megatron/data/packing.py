@@ -22,18 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from rad_megatron.data.corpus import Corpus
+from rad_megatron.probe.report import write_json_atomic
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
     os.replace(tmp, path)
 
 
@@ -62,7 +57,7 @@ class PackedSource:
         summary = self.folder / "summary.json"
         if not summary.is_file():
             tokens = int(corpus.sizes[self.documents].sum(dtype=np.int64)) if len(self.documents) else 0
-            _write_json_atomic(summary, {"tokens_per_epoch": tokens, "documents": len(self.documents)})
+            write_json_atomic(summary, {"tokens_per_epoch": tokens, "documents": len(self.documents)})
         self.tokens_per_epoch = json.loads(summary.read_text())["tokens_per_epoch"]
         self.num_samples = max((self.tokens_per_epoch - 1) // seq_len, 0)
         self._epoch: tuple | None = None

@@ -59,12 +59,6 @@ def manifest_dtype(m: dict) -> np.dtype:
     return record_dtype(m["seq_len"], m["top_k"], m["dtype"], m["index_dtype"])
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def shard_paths(folder: Path, writer: int) -> tuple[Path, Path]:
     return Path(folder) / f"shard_{writer:03d}.bin", Path(folder) / f"shard_{writer:03d}.ids"
 

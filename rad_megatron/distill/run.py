@@ -33,7 +33,8 @@ def open_teacher_cache(path, tok, train: TrainData, train_cfg):
 
 
 def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: list[int], resume: bool = False,
-                stop_after: int | None = None, meta: dict | None = None, teacher_cache: str | None = None) -> list[dict]:
+                stop_after: int | None = None, meta: dict | None = None,
+                teacher_cache: str | None = None) -> list[dict]:
     """Students train `model`; teachers serve with `model` (their teacher). With `teacher_cache` (a folder written by
     `rad teacher-cache`) every rank is a student and the targets are read from it. Returns the student's records."""
     from rad_megatron.distill.trainer import (StudentTrainer, check_resume_config, latest_checkpoint,

@@ -28,9 +28,11 @@ import torch
 import torch.distributed as dist
 
 from rad_megatron.distill.cache_store import (FORMAT, MANIFEST, PARTIAL, VALUE_DTYPES, ShardWriter,
-                                              committed_records, index_dtype_for, manifest_dtype, shard_paths, to_records, write_eval_file, write_json_atomic)
+                                              committed_records, index_dtype_for, manifest_dtype, shard_paths,
+                                              to_records, write_eval_file)
 from rad_megatron.distill.stream import StreamConfig, teacher_token_targets
 from rad_megatron.errors import RadError
+from rad_megatron.probe.report import write_json_atomic
 
 
 @dataclass
@@ -227,7 +229,7 @@ def run_teacher_cache(cfg, job: CacheJob):
                        f"choose another --out")
     if job.replicas < 1:
         raise RadError(f"--replicas {job.replicas}: give the student data-parallel size (>= 1)")
-    train_cfg, data_cfg = build_train_config(cfg.distill), build_data_config(cfg.data)
+    train_cfg, data_cfg = build_train_config(cfg.distill), build_data_config(cfg.data)  # checked before the model
     teacher = cfg.distill.teacher if (cfg.distill.teacher.hf or cfg.distill.teacher.ckpt) else cfg.model
     tp = from_dict(RoleLayout, cfg.distill.roles, "config.distill.roles").teacher_tp
     prepare_sources(teacher)

@@ -151,7 +151,8 @@ def test_megatron_indexed_prefix_is_a_source(files, tmp_path):
 
 
 @pytest.mark.parametrize("blend,message", [
-    ([{"path": "A", "weight": 1}, {"path": "B", "weight": 0}], "data.blend[1].weight=0 (source B) must be a number > 0"),
+    ([{"path": "A", "weight": 1}, {"path": "B", "weight": 0}],
+     "data.blend[1].weight=0 (source B) must be a number > 0"),
     ([{"path": "A", "weight": -2}], "data.blend[0].weight=-2 (source A) must be a number > 0"),
     ([{"path": "A", "wieght": 2}], "unknown config key 'data.blend[0].wieght' (did you mean 'weight'?)"),
 ])
@@ -169,3 +170,18 @@ def test_bad_data_is_refused(files, tmp_path):
         TrainData(_cfg(files, seq_len=100000), TOK)
     with pytest.raises(RadError, match="data.held_out=60 leaves no training documents"):
         TrainData(_cfg(files, held_out=60), TOK)
+
+
+def test_bad_blend_through_the_cli_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys):
+    """Checked when the config is read, before a model loads (in-process `rad teacher-cache`)."""
+    import yaml
+
+    from rad_megatron.cli import main
+
+    blend = [{"path": str(files / "text.txt"), "weight": 1}, {"path": str(files / "chat.jsonl"), "weight": -1}]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data": {"blend": blend, "cache_dir": str(tmp_path / "dc")}}))
+    code = main(["teacher-cache", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("rad teacher-cache: error: data.blend[1].weight=-1") and "chat.jsonl" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
