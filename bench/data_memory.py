@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -72,21 +71,35 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(resolve(None).folder)
 
 
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
+
+
 def child(a):
-    """One data-parallel rank (replica a.replica of 2) streaming its slices of a.samples global samples."""
+    """One data-parallel rank (replica a.replica of 2) streaming its slices of a.samples global samples.
+    The peak is taken over the data work only: after the imports (Megatron's dataset modules included) and the
+    tokenizer, the kernel's high-water mark (VmHWM) is reset (/proc/self/clear_refs), then the corpus is opened and
+    streamed."""
     from rad_megatron.data.loader import TrainData
     from rad_megatron.distill.schedule import replica_slice
 
-    data = TrainData(_config(a, Path(a.stream)), _tokenizer())
+    from megatron.core.datasets import helpers, indexed_dataset  # noqa: F401 - imported before the window
+
+    tok = _tokenizer()
+    base = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    data = TrainData(_config(a, Path(a.stream)), tok)
     sampler, mbs, dp, tokens = data.sampler(), 8, 2, 0
     t0 = time.perf_counter()
     for _ in range(a.samples // (mbs * dp)):
         b = data.batch(replica_slice(sampler.take(mbs * dp), a.replica, 0, dp, mbs))
         tokens += b["input_ids"].numel()
     dt = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": rss, "tokens_per_s": tokens / dt, "corpus_tokens": sum(
-        s.corpus.meta["tokens"] for s in data.sources)}))
+    print(json.dumps({"base_rss_mb": base, "peak_rss_mb": _status_mb("VmHWM"), "tokens_per_s": tokens / dt,
+                      "corpus_tokens": sum(s.corpus.meta["tokens"] for s in data.sources)}))
 
 
 def _ranks(a, corpus: Path) -> list[dict]:
@@ -103,10 +116,11 @@ def _ranks(a, corpus: Path) -> list[dict]:
     return out
 
 
-def _student_vs_loader(a, corpus: Path, rounds: int = 5):
+def _student_vs_loader(a, corpus: Path, rounds: int = 3):
     """Median student tokens/s and loader tokens/s, measured in alternating blocks in this process."""
     import torch
 
+    torch.set_num_threads(1)  # one thread per rank, as a 2-rank job on 2 cores runs
     from rad_megatron.checkpoint.hf_import import model_from_hf
     from rad_megatron.checkpoint.hf_source import resolve
     from rad_megatron.data.loader import TrainData
@@ -162,20 +176,23 @@ def main():
     tok = _tokenizer()
     for corpus in (small, large):  # tokenise once (not measured)
         TrainData(_config(a, corpus), tok)
-    peaks = {"small": [], "large": []}
-    tokens = {}
+    peaks, growth, tokens = {"small": [], "large": []}, {"small": [], "large": []}, {}
     for _ in range(2):
         for name, corpus in (("small", small), ("large", large)):
             ranks = _ranks(a, corpus)
             peaks[name].append(max(r["peak_rss_mb"] for r in ranks))
+            growth[name].append(max(r["peak_rss_mb"] - r["base_rss_mb"] for r in ranks))
             tokens[name] = ranks[0]["corpus_tokens"]
     p_small, p_large = max(peaks["small"]), max(peaks["large"])
+    g_small, g_large = max(growth["small"]), max(growth["large"])
     student, loader = _student_vs_loader(a, large)
     print(f"corpora: small {tokens['small']:,} tokens, large {tokens['large']:,} tokens "
           f"({tokens['large'] / tokens['small']:.1f}x); seq_len {a.seq}; each of 2 DP ranks streams "
           f"{a.samples // 2} sequences of its slice; runs interleaved small, large, small, large")
-    print(f"peak RSS per rank: small corpus {p_small:.0f} MB, large corpus {p_large:.0f} MB "
-          f"(runs: {peaks['small']} / {peaks['large']}); ratio large / small = {p_large / p_small:.3f}")
+    print(f"peak RSS per rank while opening and streaming: small corpus {p_small:.1f} MB, large corpus "
+          f"{p_large:.1f} MB; ratio large / small = {p_large / p_small:.3f}")
+    print(f"of which the data work added over the process after its imports: small {g_small:.1f} MB, large "
+          f"{g_large:.1f} MB (max over ranks and runs)")
     print(f"loader {loader:,.0f} tokens/s vs student step {student:,.0f} tokens/s (SmolLM2-135M, 4 Mamba layers, "
           f"micro-batch 1 x {a.seq}, fwd + bwd + AdamW; medians of interleaved blocks): loader / student = "
           f"{loader / student:.0f}x")

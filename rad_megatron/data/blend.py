@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rad_megatron.data.packing import _load_or_build
+from rad_megatron.data.packing import load_or_build
+from rad_megatron.probe.report import write_json_atomic
 
 
 class Blend:
@@ -32,13 +33,14 @@ class Blend:
         if len(weights) == 1:  # one source: the identity, no arrays
             self.source_of, self.number_in_period, self.per_period = None, None, [self.period]
             return
-        if not (folder / "number.npy").is_file():
+        if not (folder / "counts.json").is_file():
             source, number = self._build()
-            _load_or_build(folder / "source.npy", lambda: source)
-            _load_or_build(folder / "number.npy", lambda: number)
-        self.source_of = _load_or_build(folder / "source.npy", None)
-        self.number_in_period = _load_or_build(folder / "number.npy", None)
-        self.per_period = np.bincount(np.asarray(self.source_of), minlength=len(weights)).tolist()
+            load_or_build(folder / "source.npy", lambda: source)
+            load_or_build(folder / "number.npy", lambda: number)
+            write_json_atomic(folder / "counts.json", np.bincount(source, minlength=len(weights)).tolist())
+        self.source_of = load_or_build(folder / "source.npy", None)
+        self.number_in_period = load_or_build(folder / "number.npy", None)
+        self.per_period = json.loads((folder / "counts.json").read_text())  # samples of each source per period
 
     def _build(self):
         from megatron.core.datasets import helpers

@@ -32,7 +32,7 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _load_or_build(path: Path, build) -> np.ndarray:
+def load_or_build(path: Path, build) -> np.ndarray:
     """The cached array at `path` (memory-mapped), built and saved first if missing. Ranks that race write the same
     bytes under private names and rename, so any reader sees a complete file."""
     if not path.is_file():
@@ -53,7 +53,7 @@ class PackedSource:
         key = hashlib.sha256(json.dumps([seq_len, seed, source_index, self.exclude, max_documents]).encode())
         self.folder = corpus.folder / "packing" / key.hexdigest()[:16]
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.documents = _load_or_build(self.folder / "documents.npy", self._build_documents)
+        self.documents = load_or_build(self.folder / "documents.npy", self._build_documents)
         summary = self.folder / "summary.json"
         if not summary.is_file():
             tokens = int(corpus.sizes[self.documents].sum(dtype=np.int64)) if len(self.documents) else 0
@@ -82,11 +82,11 @@ class PackedSource:
         if self._epoch is None or self._epoch[0] != epoch:
             from megatron.core.datasets.helpers import build_sample_idx
 
-            order = _load_or_build(self.folder / f"epoch{epoch:05d}_documents.npy", lambda: self._build_order(epoch))
-            index = _load_or_build(self.folder / f"epoch{epoch:05d}_samples.npy", lambda: build_sample_idx(
+            order = load_or_build(self.folder / f"epoch{epoch:05d}_documents.npy", lambda: self._build_order(epoch))
+            index = load_or_build(self.folder / f"epoch{epoch:05d}_samples.npy", lambda: build_sample_idx(
                 np.asarray(self.corpus.sizes, dtype=np.int32), np.asarray(order), self.seq_len, 1,
                 self.tokens_per_epoch, True, True))
-            shuffle = _load_or_build(self.folder / f"epoch{epoch:05d}_shuffle.npy", lambda: np.random.RandomState(
+            shuffle = load_or_build(self.folder / f"epoch{epoch:05d}_shuffle.npy", lambda: np.random.RandomState(
                 [self.seed, self.source_index, epoch, 1]).permutation(self.num_samples).astype(np.int64))
             self._epoch = (epoch, order, index, shuffle)
         return self._epoch[1:]

@@ -90,6 +90,13 @@ def test_chat_mask_channel_and_parallel_tokenisation(files):
         assert ids.tolist() == want_ids and mask.tolist() == want_mask
     row = data.row(3)
     assert 0 < row["loss_mask"].sum() < data.seq_len  # prompt tokens are not learned
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), files / "chat.parquet")  # the same rows as parquet: the same tokens
+    parquet = TrainData(_cfg(files, path=str(files / "chat.parquet"), held_out=2), TOK)
+    assert parquet.sources[0].corpus.meta["sha256"] == corpus.meta["sha256"]
+    assert parquet.fingerprint == data.fingerprint
 
 
 def test_blend_follows_weights_deterministically(files):
