@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -89,7 +88,7 @@ def child(a):
     from megatron.core.datasets import helpers, indexed_dataset  # noqa: F401 - imported before the window
 
     tok = _tokenizer()
-    base = _status_mb("VmRSS")
+    base, anon, file = _status_mb("VmRSS"), _status_mb("RssAnon"), _status_mb("RssFile")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     data = TrainData(_config(a, Path(a.stream)), tok)
     sampler, mbs, dp, tokens = data.sampler(), 8, 2, 0
@@ -99,6 +98,7 @@ def child(a):
         tokens += b["input_ids"].numel()
     dt = time.perf_counter() - t0
     print(json.dumps({"base_rss_mb": base, "peak_rss_mb": _status_mb("VmHWM"), "tokens_per_s": tokens / dt,
+                      "anon_mb": _status_mb("RssAnon") - anon, "file_mb": _status_mb("RssFile") - file,
                       "corpus_tokens": sum(s.corpus.meta["tokens"] for s in data.sources)}))
 
 
@@ -176,23 +176,27 @@ def main():
     tok = _tokenizer()
     for corpus in (small, large):  # tokenise once (not measured)
         TrainData(_config(a, corpus), tok)
-    peaks, growth, tokens = {"small": [], "large": []}, {"small": [], "large": []}, {}
+    runs, tokens = {"small": [], "large": []}, {}
     for _ in range(2):
         for name, corpus in (("small", small), ("large", large)):
-            ranks = _ranks(a, corpus)
-            peaks[name].append(max(r["peak_rss_mb"] for r in ranks))
-            growth[name].append(max(r["peak_rss_mb"] - r["base_rss_mb"] for r in ranks))
-            tokens[name] = ranks[0]["corpus_tokens"]
-    p_small, p_large = max(peaks["small"]), max(peaks["large"])
-    g_small, g_large = max(growth["small"]), max(growth["large"])
+            runs[name] += _ranks(a, corpus)
+            tokens[name] = runs[name][0]["corpus_tokens"]
+
+    def worst(name, key):
+        return max(r[key] if key != "growth" else r["peak_rss_mb"] - r["base_rss_mb"] for r in runs[name])
+
+    p_small, p_large = worst("small", "peak_rss_mb"), worst("large", "peak_rss_mb")
     student, loader = _student_vs_loader(a, large)
     print(f"corpora: small {tokens['small']:,} tokens, large {tokens['large']:,} tokens "
           f"({tokens['large'] / tokens['small']:.1f}x); seq_len {a.seq}; each of 2 DP ranks streams "
           f"{a.samples // 2} sequences of its slice; runs interleaved small, large, small, large")
     print(f"peak RSS per rank while opening and streaming: small corpus {p_small:.1f} MB, large corpus "
           f"{p_large:.1f} MB; ratio large / small = {p_large / p_small:.3f}")
-    print(f"of which the data work added over the process after its imports: small {g_small:.1f} MB, large "
-          f"{g_large:.1f} MB (max over ranks and runs)")
+    print(f"of which the data work added over the process after its imports (max over ranks and runs): small "
+          f"{worst('small', 'growth'):.1f} MB, large {worst('large', 'growth'):.1f} MB; at the end of streaming, "
+          f"private memory +{worst('small', 'anon_mb'):.1f} / +{worst('large', 'anon_mb'):.1f} MB and mapped corpus "
+          f"pages +{worst('small', 'file_mb'):.1f} / +{worst('large', 'file_mb'):.1f} MB (clean file pages the kernel "
+          f"reclaims at will; they grow with the sequences read, at most a page or two each, not with the corpus)")
     print(f"loader {loader:,.0f} tokens/s vs student step {student:,.0f} tokens/s (SmolLM2-135M, 4 Mamba layers, "
           f"micro-batch 1 x {a.seq}, fwd + bwd + AdamW; medians of interleaved blocks): loader / student = "
           f"{loader / student:.0f}x")

@@ -177,7 +177,8 @@ def main():
     sys.path.insert(0, str(ROOT))
     from tests.helpers import free_port
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",  # this checkout's rad_megatron
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
            __file__, *sys.argv[1:]]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
