@@ -24,12 +24,13 @@ def sequence_parallel_padding(model, seq_len: int) -> int:
     """Tokens to append so that a sequence-parallel model can split `seq_len` over its TP ranks (0 without SP)."""
     if not model.config.sequence_parallel:
         return 0
-    return (-seq_len) % model.rad_tp
+    return (-seq_len) % model.config.tensor_model_parallel_size
 
 
 def forward_logits(model, input_ids: torch.Tensor, gather: bool = True, inference_context=None,
                    attention_mask: torch.Tensor | None = None, position_offset: int = 0) -> torch.Tensor:
     """[b, s] token ids -> logits [b, s, vocab] (gathered over TP) or this rank's vocab shard [b, s, V/tp].
+    `model` may be wrapped in Megatron's DDP when gather=False (the student's training forward).
 
     With gather=True, vocabulary padding added for TP divisibility is removed. attention_mask=None means causal;
     with a cache already holding `position_offset` tokens, several new tokens get the offset causal mask.
@@ -45,8 +46,8 @@ def forward_logits(model, input_ids: torch.Tensor, gather: bool = True, inferenc
                        "sequence_parallel=False (system.sequence_parallel: false) for generation")
     if pad:
         if attention_mask is not None:
-            raise RadError(f"sequence length {s} is not divisible by TP={model.rad_tp} under sequence parallelism "
-                           f"and an explicit attention mask cannot be padded; use a multiple of {model.rad_tp}")
+            raise RadError(f"sequence length {s} is not divisible by the tensor-parallel size under sequence "
+                           f"parallelism and an explicit attention mask cannot be padded; use a multiple of it")
         input_ids = torch.nn.functional.pad(input_ids, (0, pad))
     if attention_mask is None and inference_context is not None and position_offset > 0 and input_ids.shape[1] > 1:
         attention_mask = causal_mask(input_ids.shape[1], position_offset, input_ids.device)
