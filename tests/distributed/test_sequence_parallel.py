@@ -47,7 +47,8 @@ def test_sequence_parallel_tp2_equals_tp1(dist, tmp_path):
     res = json.loads(out.read_text())
     print(json.dumps(res, indent=1))
     for name, r in res.items():
-        assert r["sequence_parallel"] and r["sp_marked_norms"] == 5, r  # 2 input/pre-MLP norms x 2 blocks + final
+        assert r["sequence_parallel"] and r["mixer_linears_sp"], r
+        assert r["sp_marked_norms"] == 5, r  # 2 input/pre-MLP norms x 2 blocks + final
         assert r["loss_diff"] <= 1e-5 and r["grad_diff"] <= 1e-5, r
         assert r["norm_grad_diff_before_finalize"] > 1e-3, r  # the finalisation is what makes the norms right
         assert r["odd_length"] % 2 == 1 and r["logits_diff"] <= 1e-5, r

@@ -73,7 +73,11 @@ if __name__ == "__main__":
     for name, case in cases.items():
         model = build_model(ModelConfig.from_dict(case["config"]), tp=ctx.tp, sequence_parallel=True)
         load_full_state_dict(model, case["state"], ctx.tp, ctx.tp_rank)
+        mixers = [layer.mixer for layer in model.decoder.layers if hasattr(layer, "mixer")]
         result[name] = {"sequence_parallel": model.config.sequence_parallel,
+                        # in_proj all-gathers the sequence, out_proj reduce-scatters it (Megatron's linears under SP)
+                        "mixer_linears_sp": bool(mixers) and all(m.in_proj.sequence_parallel
+                                                                 and m.out_proj.sequence_parallel for m in mixers),
                         **_inference_check(model.eval(), case), **_train_check(model.train(), case, ctx)}
     if ctx.is_main:
         with open(sys.argv[1], "w") as f:
