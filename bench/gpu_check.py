@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 import traceback
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,29 +48,6 @@ def _args(argv=None):
     ap.add_argument("--budget-s", type=float, default=450.0, help="start no part after this many seconds")
     ap.add_argument("--steps", type=int, default=None, help="distillation steps (default 50; dry run 3)")
     return ap.parse_args(argv)
-
-
-def import_mamba_triton_only() -> str:
-    """Make mamba_ssm's Triton SSD kernels importable without its package __init__, which imports the CUDA
-    selective-scan extension and Mamba-3 (tilelang): neither is needed by the SSD scan, and an install with
-    MAMBA_SKIP_CUDA_BUILD=TRUE (gpu_check.sh) has neither. Returns how mamba_ssm was found."""
-    try:
-        import mamba_ssm  # noqa: F401
-        return "full package"
-    except Exception:  # noqa: BLE001 - any failure: fall back to the kernels alone
-        sys.modules.pop("mamba_ssm", None)
-    spec = importlib.util.find_spec("mamba_ssm")
-    if spec is None or not spec.submodule_search_locations:
-        return "not installed"
-    pkg = types.ModuleType("mamba_ssm")
-    pkg.__path__, pkg.__spec__ = list(spec.submodule_search_locations), spec
-    sys.modules["mamba_ssm"] = pkg
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: F401
-        return "Triton kernels only (package __init__ skipped)"
-    except Exception as e:  # noqa: BLE001
-        sys.modules.pop("mamba_ssm", None)
-        return f"not importable ({type(e).__name__}: {str(e)[:120]})"
 
 
 class Check:
@@ -508,13 +484,13 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
-    mamba_found = import_mamba_triton_only()  # before rad_megatron.ssm.ssd looks for the kernels
     sys.path.insert(0, str(ROOT))
     from rad_megatron.distributed import ParallelConfig, init_distributed
+    from rad_megatron.ssm.ssd import FUSED_SCAN_SOURCE
 
     init_distributed(ParallelConfig(tp=1))
     c = Check(a)
-    c.mamba_found = mamba_found
+    c.mamba_found = FUSED_SCAN_SOURCE
     env = _environment(c)
     for name in a.parts.split(","):
         c.run(name, globals()[f"part_{name}"])
