@@ -1,18 +1,18 @@
 """GPU readiness check: the GPU code paths of rad_megatron exercised once, in one run, with results in
 $OUT/gpu_check.json and $OUT/gpu_check.md. Launched by bench/gpu_check.sh (which installs what the device lacks).
 
-Parts (each one records ok / skipped (why) / failed (the error), its numbers and its seconds):
-  te_vs_local   the TE spec against the local spec on the same weights (local model -> rad checkpoint -> TE model),
-                max |logit difference|; without Transformer Engine the checkpoint round trip goes local -> local
+Parts, in this order (each records ok / skipped (why) / failed (the error), its numbers and its seconds):
   ssm_kernels   mamba_ssm's fused SSD scan (Triton) and causal-conv1d, where importable, against our chunked SSD,
                 `ssd_sequential_ref` and the torch conv: max relative difference and time per length
+  te_vs_local   the TE spec against the local spec on the same weights (local model -> rad checkpoint -> TE model),
+                max |logit difference|; without Transformer Engine the checkpoint round trip goes local -> local
   verify        `rad verify` (in this process): our logits vs transformers' on the same device (SmolLM2-135M if its
                 weights are here, else a random Llama of SmolLM2's shape saved by transformers: the output says which)
+  student_step  a Llama-3.2-1B-shaped student with 8 Mamba layers, bf16, forward + loss + backward: tokens/s and
+                MFU against 989 TFLOP/s (dense bf16, H100/H200), beside the dense model of the same shape
   distill       `rad pipeline` with 2 processes (teacher and student on one GPU: they share it through gloo, see
                 distributed/init.select_device), bf16 (system.precision), 50 steps: tokens/s, loss, held-out KL, the
                 checkpoint's weight dtype; then bench/teacher_overlap.py on the same model for the overlap R
-  student_step  a Llama-3.2-1B-shaped student with 8 Mamba layers, bf16, forward + loss + backward: tokens/s and
-                MFU against 989 TFLOP/s (dense bf16, H100/H200), beside the dense model of the same shape
 
 --dry-run runs the same code on CPU at tiny shapes (what CI tests), so the GPU run is a change of device and size.
 A time budget (--budget-s) skips the parts that would start too late, so the whole check ends in time.
@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("te_vs_local", "ssm_kernels", "verify", "distill", "student_step")
+PARTS = ("ssm_kernels", "te_vs_local", "verify", "student_step", "distill")  # the longest last
 PEAK_BF16_FLOPS = 989e12  # H100 / H200 SXM dense bf16
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
@@ -45,7 +45,8 @@ def _args(argv=None):
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"), help="folder for the JSON and table")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: the same code paths, for CI")
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ",".join(PARTS))
-    ap.add_argument("--budget-s", type=float, default=450.0, help="start no part after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=390.0,
+                    help="start no part after this many seconds; commands are stopped a minute after it")
     ap.add_argument("--steps", type=int, default=None, help="distillation steps (default 50; dry run 3)")
     return ap.parse_args(argv)
 
@@ -83,7 +84,9 @@ class Check:
     def subprocess(self, cmd, log_name, timeout, ok_codes=(0,)):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        left = self.a.budget_s + 60 - (time.monotonic() - self.t0)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=min(timeout, max(left, 30)),
+                              cwd=ROOT)
         (self.out / log_name).write_text(proc.stdout[-200_000:] + "\n--- stderr ---\n" + proc.stderr[-200_000:])
         if proc.returncode not in ok_codes:
             tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-3:]

@@ -18,7 +18,7 @@ def test_gpu_check_dry_run(tmp_path):
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     parts = report["parts"]
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "traceback"} for k, v in parts.items()}, indent=1))
-    assert report["dry_run"] and list(parts) == ["te_vs_local", "ssm_kernels", "verify", "distill", "student_step"]
+    assert report["dry_run"] and list(parts) == ["ssm_kernels", "te_vs_local", "verify", "student_step", "distill"]
     assert all(p["status"] in ("ok", "skipped") for p in parts.values()), parts
     assert parts["te_vs_local"]["max_abs_logit_diff"] == 0.0  # local -> checkpoint -> local is exact
     for row in parts["ssm_kernels"]["scan"]:
