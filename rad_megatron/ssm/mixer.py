@@ -22,8 +22,8 @@ from typing import Union
 
 import torch
 import torch.nn.functional as F
-from megatron.core.ssm.utils import _split_tensor_factory
 from megatron.core import tensor_parallel
+from megatron.core.ssm.utils import _split_tensor_factory
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
