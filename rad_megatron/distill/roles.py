@@ -90,7 +90,7 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
     if T % layout.teacher_tp:
         raise RadError(f"distill.roles.teacher_tp={layout.teacher_tp} does not divide teacher_ranks={T}")
     timeout = collective_timeout(timeout_minutes, env)
-    device, backend = select_device(local_rank)
+    device, backend = select_device(local_rank, env)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
     if parallel_state.model_parallel_is_initialized():  # e.g. after the pipeline's probe phase

@@ -44,6 +44,15 @@ def checksum(ids: torch.Tensor) -> float:
     return float(((flat * pos).sum().item() * 1000003 + flat.sum().item()) % (1 << 52))
 
 
+def wire_device(device) -> torch.device:
+    """Where a message's tensors travel from: the data's device, except CUDA data over gloo (ranks sharing a GPU,
+    distributed/init.select_device), whose point-to-point sends take host tensors only: staged through the host."""
+    device = torch.device(device)
+    if device.type == "cuda" and dist.is_initialized() and dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    return device
+
+
 def message_shapes(batch: int, seq: int, vocab: int, k: int):
     width = k if k else vocab
     return [(HEADER,), (batch, seq, width)] + ([(batch, seq, k)] if k else [])
@@ -77,9 +86,10 @@ class TeacherSender:
         self.bytes_sent = 0
 
     def send(self, dests: list[int], step: int, micro: int, ids, vals, idx, nll: float, tokens: float):
-        # on the values' device: NCCL sends only GPU tensors
-        header = torch.tensor([step, micro, checksum(ids), nll, tokens], dtype=torch.float64, device=vals.device)
-        tensors = [header, vals] + ([idx] if idx is not None else [])
+        # on the values' device (NCCL sends only GPU tensors), or staged on the host for gloo (wire_device)
+        wire = wire_device(vals.device)
+        header = torch.tensor([step, micro, checksum(ids), nll, tokens], dtype=torch.float64, device=wire)
+        tensors = [header, vals.to(wire)] + ([idx.to(wire)] if idx is not None else [])
         for dst in dests:
             works = [dist.isend(t, dst=dst, tag=j) for j, t in enumerate(tensors)]
             self.inflight.append((works, tensors))
@@ -106,6 +116,7 @@ class StudentReceiver:
     def __init__(self, src: int, vocab: int, cfg: StreamConfig, expected: list[tuple[int, int, int, int]],
                  device: torch.device | str = "cpu"):
         self.src, self.cfg, self.vocab, self.device = src, cfg, vocab, device
+        self.wire = wire_device(device)  # receive buffers live here; values move to `device` once received
         self.expected = deque(expected)  # (step, micro, batch, seq) in the order this rank consumes them
         self.to_post = deque(expected)
         self.posted: deque = deque()
@@ -120,7 +131,7 @@ class StudentReceiver:
         _, _, batch, seq = self.to_post.popleft()
         dtypes = [torch.float64, torch.float32, torch.int32]
         shapes = message_shapes(batch, seq, self.vocab, self.cfg.top_k)
-        bufs = [torch.empty(s, dtype=d, device=self.device) for s, d in zip(shapes, dtypes)]
+        bufs = [torch.empty(s, dtype=d, device=self.wire) for s, d in zip(shapes, dtypes)]
         works = [dist.irecv(b, src=self.src, tag=j) for j, b in enumerate(bufs)]
         self.posted.append((works, bufs))
 
@@ -143,5 +154,5 @@ class StudentReceiver:
             raise RadError(f"teacher stream data mismatch at step {step} micro {micro}: the teacher saw different "
                            f"tokens (check that both sides use the same data, seed and batch settings)")
         self.bytes_received += sum(b.numel() * b.element_size() for b in bufs)
-        idx = bufs[2].long() if len(bufs) > 2 else None
-        return bufs[1], idx, float(header[3]), float(header[4])
+        idx = bufs[2].to(self.device).long() if len(bufs) > 2 else None
+        return bufs[1].to(self.device), idx, float(header[3]), float(header[4])

@@ -24,7 +24,7 @@ from rad_megatron.distill.schedule import events, replica_slice
 from rad_megatron.distill.stream import StreamConfig, StudentReceiver, TeacherSender, teacher_targets
 from rad_megatron.distill.targeting import Stage, apply_targeting
 from rad_megatron.errors import RadError
-from rad_megatron.model.forward import position_ids_for
+from rad_megatron.model.forward import forward_logits
 
 
 @dataclass
@@ -188,8 +188,8 @@ class StudentTrainer:
 
     # ---- one micro-batch ---------------------------------------------------------------------------------------
     def _loss(self, b, step, micro, weights, module=None):
-        logits = (module or self.model)(input_ids=b["input_ids"], position_ids=position_ids_for(b["input_ids"]),
-                            attention_mask=None)
+        # vocab-parallel logits; under sequence parallelism a length TP does not divide is padded (forward_logits)
+        logits = forward_logits(module or self.model, b["input_ids"], gather=False)
         vals, idx, tnll, ttok = self.receiver.receive(step, micro, b["input_ids"])
         if idx is None:  # the whole vocabulary was sent: index it like a top-k with k = V
             idx = torch.arange(vals.shape[-1], device=vals.device).expand(vals.shape)
