@@ -43,12 +43,17 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from rad_megatron.plan import KERNELS, build_job, check_fits, format_plan, make_plan, plan_json
-    from rad_megatron.settings import load_run_config
+    from dataclasses import fields
 
+    from rad_megatron.plan import KERNELS, build_job, check_fits, format_plan, make_plan, plan_json
+    from rad_megatron.plan.inputs import PlanInputs
+    from rad_megatron.settings import load_run_config
+    from rad_megatron.validation import from_dict
+
+    hw = from_dict(PlanInputs, {f.name: getattr(args, f.name) for f in fields(PlanInputs)}, "rad plan", flags=True)
     cfg = load_run_config(args.config, args.overrides)
-    job = build_job(cfg, args.nodes, args.gpus_per_node)
-    plan = make_plan(job, KERNELS[args.kernels], args.gpu_mem_gib, args.reserve_gib, args.mfu, args.peak_tflops)
+    job = build_job(cfg, hw.nodes, hw.gpus_per_node)
+    plan = make_plan(job, KERNELS[hw.kernels], hw.gpu_mem_gib, hw.reserve_gib, hw.mfu, hw.peak_tflops)
     print(format_plan(plan, title=str(args.config)), flush=True)
     if args.json:
         print(json.dumps(plan_json(plan)), flush=True)

@@ -4,12 +4,13 @@ packed into fixed-length sequences, and a sampler whose position can be saved an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from rad_megatron.errors import RadError
+from rad_megatron.validation import rules
 
 
 @dataclass
@@ -18,7 +19,7 @@ class DataConfig:
 
     path: str = ""
     """Local .jsonl / .json / .txt / .parquet file, or a hub dataset name (needs a network)."""
-    format: str = "auto"
+    format: str = field(default="auto", metadata=rules(choices=("auto", "chat", "text")))
     """'chat' (prompt_field + response_field through the chat template), 'text' (text_field), or 'auto'."""
     prompt_field: str = "question"
     """Chat format: the user turn."""
@@ -26,13 +27,13 @@ class DataConfig:
     """Chat format: the assistant turn (the only tokens the loss sees)."""
     text_field: str = "text"
     """Text format: the document."""
-    seq_len: int = 256
+    seq_len: int = field(default=256, metadata=rules(ge=1))
     """Tokens per packed training sequence."""
-    held_out: int = 16
+    held_out: int = field(default=16, metadata=rules(ge=0))
     """Examples set aside (before packing) for held-out evaluation."""
-    max_examples: int | None = None
+    max_examples: int | None = field(default=None, metadata=rules(ge=1))
     """Use at most this many examples (after the held-out split); None: all."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=rules(ge=0))
     """Shuffle seed of the example order and of the sampler."""
 
 

@@ -14,27 +14,32 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from rad_megatron.errors import RadError
 from rad_megatron.model.forward import forward_logits
+from rad_megatron.validation import rules
 
 HEADER = 5  # [step, micro, checksum, teacher_nll_sum, teacher_tokens]
 
 
 @dataclass
 class StreamConfig:
-    """What the teacher sends."""
+    """What the teacher sends, and how long either side waits for the other."""
 
-    top_k: int = 64
+    top_k: int = field(default=64, metadata=rules(ge=0))
     """Top-k log-probabilities per token; 0 sends the whole vocabulary."""
-    lookahead: int = 2
+    lookahead: int = field(default=2, metadata=rules(ge=1))
     """Micro-batches the teacher may run ahead of the student."""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata=rules(gt=0))
     """Temperature of the teacher's log-softmax (the student's KL uses the same)."""
+    timeout_s: float = field(default=120.0, metadata=rules(gt=0, resume=False))
+    """Deadline of every wait on the other side (a student for its teacher's next message, a teacher for its students
+    to take one, both for the other at a checkpoint save): past it the rank stops with one line naming the silent
+    rank, well before the 10-minute collective timeout."""
 
 
 def checksum(ids: torch.Tensor) -> float:

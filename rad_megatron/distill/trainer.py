@@ -25,17 +25,18 @@ from rad_megatron.distill.stream import StreamConfig, StudentReceiver, TeacherSe
 from rad_megatron.distill.targeting import Stage, apply_targeting
 from rad_megatron.errors import RadError
 from rad_megatron.model.forward import position_ids_for
+from rad_megatron.validation import resume_view, rules
 
 
 @dataclass
 class TrainConfig:
     """A distillation run."""
 
-    stages: list[Stage] = field(default_factory=lambda: [Stage()])
+    stages: list[Stage] = field(default_factory=lambda: [Stage()], metadata=rules(min_len=1))
     """Progressive schedule; each stage has its trainable group, steps and LR."""
-    micro_batch_size: int = 1
+    micro_batch_size: int = field(default=1, metadata=rules(ge=1))
     """Sequences per micro-batch per student replica."""
-    grad_accum: int = 1
+    grad_accum: int = field(default=1, metadata=rules(ge=1))
     """Micro-batches per optimizer step."""
     loss: LossWeights = field(default_factory=LossWeights)
     """Loss mix and temperature."""
@@ -43,14 +44,17 @@ class TrainConfig:
     """What the teacher sends and how far ahead it runs."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer settings."""
-    eval_every: int = 0
+    eval_every: int = field(default=0, metadata=rules(ge=0))
     """Held-out evaluation every N steps (always at step 0 and at the end)."""
-    eval_batch_size: int = 4
+    eval_batch_size: int = field(default=4, metadata=rules(ge=1))
     """Held-out examples per evaluation micro-batch."""
-    save_every: int = 0
+    save_every: int = field(default=0, metadata=rules(ge=0))
     """Checkpoint every N steps (always at the end)."""
-    seed: int = 1234
+    seed: int = field(default=1234, metadata=rules(ge=0))
     """Seed of everything random in training."""
+    skip_nonfinite: int = field(default=0, metadata=rules(ge=0, resume=False))
+    """Optimizer steps whose loss or gradient norm is not finite that may be skipped (logged, no update) before the
+    run stops; 0: the first one stops the run (the last checkpoint is kept, nothing is written after it)."""
 
     def __post_init__(self):
         self.stages = [Stage(**s) if isinstance(s, dict) else s for s in self.stages]
