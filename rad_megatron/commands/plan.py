@@ -3,11 +3,10 @@ config on a GPU allocation; exit 2 when a layout cannot exist or a rank does not
 
 from __future__ import annotations
 
-import argparse
 import json
 
 
-class _Intermixed(argparse.ArgumentParser):
+class _Intermixed:
     """Lets dotted overrides follow the options too (`rad plan C --nodes 2 a.b=c`); plain argparse stops collecting
     positionals at the first option."""
 
@@ -25,7 +24,7 @@ class _Intermixed(argparse.ArgumentParser):
 
 def add_parser(sub):
     p = sub.add_parser("plan", help="per-rank memory, FLOPs per step and step time of a run config on N GPUs")
-    p.__class__ = _Intermixed
+    p.__class__ = type("IntermixedParser", (_Intermixed, type(p)), {})  # keeps the CLI's one-line usage errors
     p.add_argument("config", help="YAML run config (configs/experiments/...)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. distill.train.micro_batch_size=1")
     p.add_argument("--nodes", type=int, default=1, help="nodes in the allocation")
