@@ -84,7 +84,18 @@ def _quiet():
     # Megatron and transformers warn about optional accelerators (TE, Apex) at import; not actionable on CPU.
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
+    # a failed checkpoint write is one RunStopped line naming the cause; Megatron's writer would log it twice more
+    logging.getLogger("megatron.core.dist_checkpointing").setLevel(logging.CRITICAL)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _end_progress_bars():
+    """A run stopped mid-loop leaves its tqdm bar without a newline; close it so the error is a line of its own."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def main(argv=None) -> int:
@@ -99,6 +110,7 @@ def main(argv=None) -> int:
 
         return int(getattr(importlib.import_module(module), func)(args) or 0)
     except RadError as e:
+        _end_progress_bars()
         # one write per line: ranks of a torchrun job share stderr, and print() writes the newline separately
         sys.stderr.write(f"rad {args.command}: error: {e}\n")
         sys.stderr.flush()

@@ -228,6 +228,24 @@ def resume_view(cls, data: dict) -> dict:
     return out
 
 
+def supported(hint) -> bool:
+    """Whether `check_value` knows how to check type `hint` (every config field's must be)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or hint in (bool, int, float, str, dict, list, tuple) or dataclasses.is_dataclass(hint):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return len(inner) == 1 and supported(inner[0])
+    if origin in (dict, list, tuple):
+        return all(supported(a) for a in args if a is not Ellipsis)
+    return False
+
+
+def is_number(hint) -> bool:
+    """Whether a field of type `hint` holds numbers (alone or in a container): those must declare bounds."""
+    return any(t in (int, float) for t in _leaf_types(hint))
+
+
 def walk_fields(cls, where: str = "config"):
     """Every (where, field, hint, rules) of `cls` and of the dataclasses below it (nested, in lists, named by a
     schema): what the coverage test checks."""

@@ -47,12 +47,34 @@ def load_examples(cfg: DataConfig) -> list[dict]:
         kind = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}.get(path.suffix)
         if kind is None:
             raise RadError(f"data.path {path}: unsupported suffix '{path.suffix}' (use .jsonl, .txt or .parquet)")
-        ds = load_dataset(kind, data_files=str(path), split="train")
+        try:
+            ds = load_dataset(kind, data_files=str(path), split="train")
+        except Exception as e:  # noqa: BLE001 - datasets wraps the parser's error; name the file and the line
+            raise RadError(f"data.path {path}: {_unreadable(path, kind, e)}") from None
     elif "/" in cfg.path and not cfg.path.startswith((".", "/")):
         ds = load_dataset(cfg.path, split="train")
     else:
         raise RadError(f"data.path {cfg.path}: no such file")
     return list(ds)
+
+
+def _unreadable(path: Path, kind: str, err: Exception) -> str:
+    """What is wrong with a data file `datasets` could not read: the first line that is not a JSON object (.jsonl),
+    else the parser's own first line."""
+    import json
+
+    if kind == "json" and path.suffix == ".jsonl":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        return f"line {n} is not a JSON object; every line must be one example {{...}}"
+                except ValueError as e:
+                    return f"line {n} is not valid JSON ({e}); fix or remove that line"
+    cause = err.__cause__ or err
+    return f"cannot be read as {kind} ({type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:160]})"
 
 
 def _format(cfg: DataConfig, example: dict) -> str:

@@ -1,0 +1,93 @@
+"""Deadlines on every wait of a distillation rank for another rank, and one line naming the rank when it is gone.
+
+A student waits for its teacher's next message, a teacher for its students to take one (gloo and NCCL sends complete
+only once the receiver has posted its receive), and both for each other at a checkpoint save. Each wait has the
+deadline `distill.train.stream.timeout_s`; past it, or as soon as the peer's connection closes, the rank stops with a
+`RunStopped` such as "teacher rank 1 stopped answering after step 12 (nothing received for 120 s)", well before the
+process groups' 10-minute collective timeout. The save meeting runs on a gloo group of its own whose timeout is that
+deadline, so that non-zero ranks give up on a silent rank 0 too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import re
+
+import torch.distributed as dist
+
+from rad_megatron.errors import RunStopped
+from rad_megatron.faults import peer_cause
+
+_meeting_groups: dict[float, object] = {}
+
+
+def rank_name(role, rank: int) -> str:
+    """'student rank 0' / 'teacher rank 2' (global ranks: students first, then teachers)."""
+    return f"{'student' if rank < role.student_ranks else 'teacher'} rank {rank}"
+
+
+@contextlib.contextmanager
+def talking_to(peer: str, after_step: int, timeout_s: float, what: str = "received"):
+    """Point-to-point traffic with `peer` (e.g. 'teacher rank 1') inside: a closed connection or a deadline passed
+    becomes RunStopped naming it."""
+    try:
+        yield
+    except RuntimeError as e:
+        cause = peer_cause(e)
+        if cause is None:
+            raise
+        detail = f"nothing {what} for {timeout_s:g} s" if cause == "timed out" else cause
+        raise RunStopped(f"{peer} stopped answering after step {after_step} ({detail}); the last checkpoint is "
+                         f"kept, --resume continues from it") from None
+
+
+def wait_for(works, peer: str, after_step: int, timeout_s: float, what: str = "received") -> None:
+    """Wait for the point-to-point `works` exchanged with `peer`, each within `timeout_s`."""
+    with talking_to(peer, after_step, timeout_s, what):
+        for w in works:
+            w.wait(datetime.timedelta(seconds=timeout_s))
+
+
+def make_meeting_group(timeout_s: float) -> None:
+    """Create (collectively, on every rank of the world) the gloo group the save meetings use."""
+    if timeout_s not in _meeting_groups:
+        _meeting_groups[timeout_s] = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def meet_before_save(role, step: int, timeout_s: float) -> None:
+    """Every rank reaches the checkpoint save of `step` within `timeout_s`, or each stops with one line: rank 0 names
+    the ranks that did not come, the others name rank 0."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    make_meeting_group(timeout_s)
+    try:
+        dist.monitored_barrier(group=_meeting_groups[timeout_s], timeout=datetime.timedelta(seconds=timeout_s),
+                               wait_all_ranks=True)
+    except RuntimeError as e:
+        missing = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(e))
+        if missing:
+            names = ", ".join(rank_name(role, int(r)) for r in missing.group(1).replace(" ", "").split(",") if r)
+            raise RunStopped(f"{names} did not reach the checkpoint save at step {step} within {timeout_s:g} s; the "
+                             f"last checkpoint is kept, --resume continues from it") from None
+        cause = peer_cause(e) or str(e).splitlines()[0][:200]
+        if cause == "timed out":
+            cause = f"nothing for {timeout_s:g} s; it names the silent rank, if it is not the silent one itself"
+        raise RunStopped(f"{rank_name(role, 0)} stopped answering before the checkpoint save at step {step} ({cause}); "
+                         f"the last checkpoint is kept, --resume continues from it") from None
+
+
+@contextlib.contextmanager
+def peer_losses_named(role, last_step):
+    """Any other collective that finds a peer gone (e.g. a data-parallel gradient reduction) becomes one line too;
+    `last_step()` is the last step this rank finished."""
+    try:
+        yield
+    except RuntimeError as e:
+        cause = peer_cause(e)
+        if cause is None:
+            raise
+        step = last_step()
+        when = f" after step {step}" if step is not None else ""
+        raise RunStopped(f"{rank_name(role, role.rank)} lost a peer rank{when} ({cause}); the last checkpoint is kept, "
+                         f"--resume continues from it") from None
