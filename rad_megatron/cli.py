@@ -86,7 +86,11 @@ def _quiet():
     logging.getLogger().setLevel(logging.ERROR)
     # a failed checkpoint write is one RunStopped line naming the cause; Megatron's writer would log it twice more
     logging.getLogger("megatron.core.dist_checkpointing").setLevel(logging.CRITICAL)
+    # datasets logs a data file it cannot parse before raising (and sets its level when imported, from this variable);
+    # the one error line names the file and the line
+    os.environ.setdefault("DATASETS_VERBOSITY", "critical")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # "Generating train split" bars on every load
 
 
 def _end_progress_bars():
