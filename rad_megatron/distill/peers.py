@@ -5,21 +5,23 @@ only once the receiver has posted its receive), and both for each other at a che
 deadline `distill.train.stream.timeout_s`; past it, or as soon as the peer's connection closes, the rank stops with a
 `RunStopped` such as "teacher rank 1 stopped answering after step 12 (nothing received for 120 s)", well before the
 process groups' 10-minute collective timeout. The save meeting runs on a gloo group of its own whose timeout is that
-deadline, so that non-zero ranks give up on a silent rank 0 too.
+deadline, so that every wait there is bounded too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import re
+import time
 
+import torch
 import torch.distributed as dist
 
 from rad_megatron.errors import RunStopped
 from rad_megatron.faults import peer_cause
 
 _meeting_groups: dict[float, object] = {}
+MEETING_TAG = 77
 
 
 def rank_name(role, rank: int) -> str:
@@ -57,24 +59,32 @@ def make_meeting_group(timeout_s: float) -> None:
 
 def meet_before_save(role, step: int, timeout_s: float) -> None:
     """Every rank reaches the checkpoint save of `step` within `timeout_s`, or each stops with one line: rank 0 names
-    the ranks that did not come, the others name rank 0."""
+    the ranks that did not come, the others name rank 0 (a monitored barrier, in Python so that it names roles and
+    logs nothing else)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
     make_meeting_group(timeout_s)
-    try:
-        dist.monitored_barrier(group=_meeting_groups[timeout_s], timeout=datetime.timedelta(seconds=timeout_s),
-                               wait_all_ranks=True)
-    except RuntimeError as e:
-        missing = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(e))
-        if missing:
-            names = ", ".join(rank_name(role, int(r)) for r in missing.group(1).replace(" ", "").split(",") if r)
-            raise RunStopped(f"{names} did not reach the checkpoint save at step {step} within {timeout_s:g} s; the "
-                             f"last checkpoint is kept, --resume continues from it") from None
-        cause = peer_cause(e) or str(e).splitlines()[0][:200]
-        if cause == "timed out":
-            cause = f"nothing for {timeout_s:g} s; it names the silent rank, if it is not the silent one itself"
-        raise RunStopped(f"{rank_name(role, 0)} stopped answering before the checkpoint save at step {step} ({cause}); "
-                         f"the last checkpoint is kept, --resume continues from it") from None
+    group, token = _meeting_groups[timeout_s], torch.zeros(1)
+    if dist.get_rank() != 0:
+        with talking_to(rank_name(role, 0), step, timeout_s, what="confirmed"):
+            dist.send(token, dst=0, group=group, tag=MEETING_TAG)
+            dist.irecv(token, src=0, group=group, tag=MEETING_TAG).wait(datetime.timedelta(seconds=timeout_s))
+        return
+    arrivals = {r: dist.irecv(torch.zeros(1), src=r, group=group, tag=MEETING_TAG)
+                for r in range(1, dist.get_world_size())}
+    end, silent = time.monotonic() + timeout_s, []
+    for r, work in arrivals.items():
+        try:
+            work.wait(datetime.timedelta(seconds=max(end - time.monotonic(), 1e-3)))
+        except RuntimeError as e:
+            if peer_cause(e) is None:
+                raise
+            silent.append(rank_name(role, r))
+    if silent:
+        raise RunStopped(f"{', '.join(silent)} did not reach the checkpoint save at step {step} within {timeout_s:g} s; "
+                         f"the last checkpoint is kept, --resume continues from it")
+    for r in arrivals:
+        dist.send(token, dst=r, group=group, tag=MEETING_TAG)
 
 
 @contextlib.contextmanager
