@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from rad_megatron.errors import RadError
-from rad_megatron.validation import from_dict, rules
+from rad_megatron.validation import from_dict, rules, sections_unchecked
 
 
 @dataclass
@@ -208,10 +208,15 @@ def _override_value(item: str, key: str, value: str):
                        f"e.g. '{key}=[\"*-k4-*\"]' or '{key}=\"a: b\"'") from None
 
 
-def load_run_config(path, overrides: list[str] = ()) -> RunConfig:
+def load_run_config(path, overrides: list[str] = (), sections: bool = True) -> RunConfig:
     """The run config of YAML file `path` with dotted `overrides`, every field of every section checked (the dict
-    sections as TrainConfig, RoleLayout and DataConfig) before anything runs."""
-    return from_dict(RunConfig, apply_overrides(read_yaml(Path(path)), list(overrides)), "config")
+    sections as TrainConfig, RoleLayout and DataConfig) before anything runs. `sections=False` leaves the dict
+    sections' fields to build_train_config & co. (no torch import: for a launcher that only reads `out`)."""
+    data = apply_overrides(read_yaml(Path(path)), list(overrides))
+    if sections:
+        return from_dict(RunConfig, data, "config")
+    with sections_unchecked():
+        return from_dict(RunConfig, data, "config")
 
 
 def build_train_config(section: DistillSection):

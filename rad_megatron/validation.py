@@ -17,6 +17,8 @@ Fields with `resume=False` (deadlines, tolerances) may differ when a run resumes
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import importlib
 import math
@@ -39,6 +41,20 @@ class Rules:
     min_len: int | None = None
     schema: str | None = None
     resume: bool = True
+
+
+# False inside `sections_unchecked()`: dict sections named by a schema are only checked to be mappings (their classes
+# live in modules that import torch and Megatron, seconds that a launcher reading `out` should not pay)
+_CHECK_SECTIONS = contextvars.ContextVar("rad_check_sections", default=True)
+
+
+@contextlib.contextmanager
+def sections_unchecked():
+    token = _CHECK_SECTIONS.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_SECTIONS.reset(token)
 
 
 def rules(**kw) -> dict:
@@ -81,7 +97,8 @@ def check_value(value, hint, r: Rules, where: str):
     """`value` as field type `hint` allows it (floats written 1e-3, which YAML reads as a string, become numbers;
     lists become tuples where the hint says tuple); a RadError naming `where` otherwise."""
     if r.schema is not None and isinstance(value, dict):
-        from_dict(resolve(r.schema), value, where)
+        if _CHECK_SECTIONS.get():
+            from_dict(resolve(r.schema), value, where)
         return value
     ok, out = _convert(value, hint, r, where)
     if not ok:

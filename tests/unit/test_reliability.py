@@ -228,3 +228,17 @@ def test_launcher_maps_a_rank_status():
 
     assert _status(Failure(2)) == (2, "exit status 2")
     assert _status(Failure(-9)) == (137, "killed by SIGKILL")
+
+
+def test_reliability_doc_is_rendered_from_the_suites():
+    """docs/reliability.md's tables are the suites' tables (CASES, SUBPROCESS_CASES, FAULTS), rendered."""
+    import importlib.util
+
+    from tests.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("render_reliability", ROOT / "tools" / "render_reliability.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    doc = render.DOC.read_text()
+    assert render.updated(doc) == doc, "docs/reliability.md is out of date: run python tools/render_reliability.py"
+    assert doc.count("| in process |") >= 40 and doc.count("| SIGKILL") == 3
