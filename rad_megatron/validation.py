@@ -128,8 +128,8 @@ def _convert(value, hint, r: Rules, where: str):
             return False, None
         if not args:
             return True, value
-        return True, {check_value(k, args[0], Rules(), f"{where} key"): check_value(v, args[1], _each(r), f"{where}.{k}")
-                      for k, v in value.items()}
+        return True, {check_value(k, args[0], Rules(), f"{where} key"):
+                      check_value(v, args[1], _each(r), f"{where}.{k}") for k, v in value.items()}
     if origin in (list, tuple) or hint in (list, tuple):
         return _sequence(value, hint, r, where)
     return _unsupported(hint)

@@ -45,7 +45,10 @@ def render() -> str:
         lines.append(f"| {where} | {_text(what)} | `{_text(text)}` (exit {status}) | subprocess |")
     lines += ["", f"### Faults (tiny model, rank 0 student, rank 1 teacher; {STEPS} steps, a checkpoint every "
                   f"{SAVE_EVERY}, stream.timeout_s={TIMEOUT_S})", "",
-              "| fault | how it is injected | the surviving rank's line | exit | exits within |", "|---|---|---|---|---|"]
+              "The line is the other rank's for a killed or frozen rank, the student's for a full disk (the teacher "
+              "stops too, naming the same checkpoint) and a non-finite loss.", "",
+              "| fault | how it is injected | the line | exit | exits within |",
+              "|---|---|---|---|---|"]
     for name, how, pattern, status, bound in FAULTS:
         lines.append(f"| {name} | {_text(how)} | `{_readable(pattern)}` | {status} | {bound} s |")
     lines += ["", "After each fault the last checkpoint is bit-identical to what it was before (sha256 of every file), "

@@ -50,7 +50,7 @@ class NonFiniteGuard:
             log(f"step {step}: the {quantity} is not finite; skipped without an update ({self.skipped} of "
                 f"distill.train.skip_nonfinite={self.allowed})")
             return
-        kept = f"the last checkpoint, {last_checkpoint}, is kept" if last_checkpoint else "no checkpoint was written"
+        kept = _kept(last_checkpoint)
         allowance = (f"all {self.allowed} skips allowed by distill.train.skip_nonfinite are used" if self.allowed
                      else "set distill.train.skip_nonfinite=N to skip up to N such steps")
         raise RunStopped(f"step {step}: the {quantity} is not finite; stopped before the update ({kept}, nothing "
@@ -60,6 +60,10 @@ class NonFiniteGuard:
         """The clipped update already ran: a gradient norm that overflowed (finite gradients whose norm is not) stops
         the run before anything is logged or saved."""
         if grad_norm is not None and not math.isfinite(grad_norm):
-            kept = f"the last checkpoint, {last_checkpoint}, is kept" if last_checkpoint else "no checkpoint was written"
+            kept = _kept(last_checkpoint)
             raise RunStopped(f"step {step}: the gradient norm is not finite ({grad_norm}); stopped ({kept}, nothing "
                              f"written after it); lower the learning rate")
+
+
+def _kept(last_checkpoint: str | None) -> str:
+    return f"the last checkpoint, {last_checkpoint}, is kept" if last_checkpoint else "no checkpoint was written"

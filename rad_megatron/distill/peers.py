@@ -81,8 +81,8 @@ def meet_before_save(role, step: int, timeout_s: float) -> None:
                 raise
             silent.append(rank_name(role, r))
     if silent:
-        raise RunStopped(f"{', '.join(silent)} did not reach the checkpoint save at step {step} within {timeout_s:g} s; "
-                         f"the last checkpoint is kept, --resume continues from it")
+        raise RunStopped(f"{', '.join(silent)} did not reach the checkpoint save at step {step} within "
+                         f"{timeout_s:g} s; the last checkpoint is kept, --resume continues from it")
     for r in arrivals:
         dist.send(token, dst=r, group=group, tag=MEETING_TAG)
 

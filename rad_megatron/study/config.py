@@ -103,11 +103,13 @@ class StudyConfig:
 
     model: ModelSource = field(default_factory=ModelSource)
     """Teacher and the model every student is swapped from."""
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES), metadata=rules(choices=STRATEGIES, min_len=1))
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES),
+                                  metadata=rules(choices=STRATEGIES, min_len=1))
     """Layer-selection strategies (study.strategies)."""
     ks: list[int] = field(default_factory=lambda: [4, 8], metadata=rules(ge=1, min_len=1))
     """Numbers of attention layers replaced."""
-    inits: list[str] = field(default_factory=lambda: ["rad_zero", "mil"], metadata=rules(choices="rad_megatron.swap:INITS", min_len=1))
+    inits: list[str] = field(default_factory=lambda: ["rad_zero", "mil"],
+                             metadata=rules(choices="rad_megatron.swap:INITS", min_len=1))
     """Mamba initialisations (swap.INITS)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1], metadata=rules(ge=0, min_len=1))
     """Seeds: the new layers' default init, the `random` set and the data order (shared by all strategies)."""

@@ -66,7 +66,7 @@ def teacher_cache(model, train: dict, held: dict, rows: list[int], top_k: int, e
     if path.is_file():
         try:
             cache = torch.load(path, weights_only=False)
-        except Exception as e:  # noqa: BLE001 - a cache is rebuilt, whatever broke it (a truncated write, a foreign file)
+        except Exception as e:  # noqa: BLE001 - a cache is rebuilt whatever broke it (a cut-off write, a foreign file)
             cache = {}
             log(f"teacher cache {path} is unreadable ({type(e).__name__}): recomputing it")
         if isinstance(cache, dict) and cache.get("key") == key:

@@ -55,7 +55,8 @@ FAULT = {f[0]: f for f in FAULTS}
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("faults")
     tiny_hf_llama(d / "hf", seed=0, num_hidden_layers=4, tie_word_embeddings=False)
-    rows = [{"question": f"what is {i} plus {i + 1}?", "answer": f"{i} plus {i + 1} is {2 * i + 1}."} for i in range(40)]
+    rows = [{"question": f"what is {i} plus {i + 1}?", "answer": f"{i} plus {i + 1} is {2 * i + 1}."}
+            for i in range(40)]
     (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     cfg = {"model": {"hf": str(d / "hf")}, "data": {"path": str(d / "data.jsonl"), "seq_len": 48, "held_out": 2},
            "distill": {"teacher": {"hf": str(d / "hf")}, "roles": {"teacher_ranks": 1},
@@ -72,6 +73,7 @@ def reference(setup, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
     job = Job(setup / "cfg.yaml", out)
     assert job.wait(0, 600)[0] == 0 and job.wait(1, 60)[0] == 0, job.logs[0].read_text()[-3000:]
+    job.kill_all()  # helper processes a finished rank may leave
     return out
 
 
@@ -84,11 +86,15 @@ class Job:
         self.procs = []
         for r in range(2):
             env = {**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1",
-                   "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", **((rank_env or {}).get(r, {}))}
+                   "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+                   "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                   **((rank_env or {}).get(r, {}))}
             cmd = [*wrap, sys.executable, "-m", "rad_megatron", "distill", "--config", str(cfg), "--out", str(out),
                    *args]
+            # a session of its own: a kill takes the rank's helper processes too (Megatron's checkpoint writer), as
+            # a node failure or the cluster's cleanup would, instead of leaving them behind
             self.procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                               stderr=open(self.logs[r], "w")))
+                                               stderr=open(self.logs[r], "w"), start_new_session=True))
 
     def wait(self, rank: int, timeout: float) -> tuple[int, float]:
         """(exit status, seconds since now) of `rank`."""
@@ -99,11 +105,17 @@ class Job:
     def errors(self, rank: int) -> list[str]:
         return [ln for ln in self.logs[rank].read_text().splitlines() if ": error: " in ln]
 
+    def kill(self, rank: int):
+        """SIGKILL the rank and whatever it started."""
+        try:
+            os.killpg(self.procs[rank].pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     def kill_all(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        for rank, p in enumerate(self.procs):
+            self.kill(rank)
+            p.wait()
 
 
 def _until(predicate, timeout: float, job: Job | None = None, what: str = ""):
@@ -142,7 +154,8 @@ def _stopped(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0] == "T"
 
 
-def _fault(job: Job, name: str, survivor: int, t_fault: float, kept: Path, before: dict, results: dict):
+def _fault(job: Job, name: str, survivor: int, t_fault: float, kept: Path, before: dict, results: dict,
+           reap: bool = True):
     """Assert the survivor's exit status, time, one error line; the kept checkpoint bit-identical."""
     _, _, pattern, status, bound = FAULT[name]
     rc, _ = job.wait(survivor, timeout=bound + 60)
@@ -153,6 +166,8 @@ def _fault(job: Job, name: str, survivor: int, t_fault: float, kept: Path, befor
     assert len(lines) == 1 and __import__("re").match(pattern, lines[0]), (name, lines)
     assert took < bound, f"{name}: the survivor took {took:.1f} s (bound {bound} s)"
     assert _digest(kept) == before, f"{name}: {kept} changed"
+    if reap:
+        job.kill_all()
 
 
 def test_kills_keep_the_last_checkpoint_and_resume_reproduces_the_run(dist, setup, reference, tmp_path):
@@ -163,14 +178,14 @@ def test_kills_keep_the_last_checkpoint_and_resume_reproduces_the_run(dist, setu
     job = Job(d / "cfg.yaml", out)
     _until(lambda: _latest(out) == "step_000004", 600, job, "step 4's checkpoint")
     before = _digest(out / "checkpoints" / "step_000004")
-    job.procs[1].kill()
+    job.kill(1)
     _fault(job, "SIGKILL teacher", 0, time.monotonic(), out / "checkpoints" / "step_000004", before, results)
 
     # SIGKILL student, once step 8 is checkpointed: the teacher names it and stops
     job = Job(d / "cfg.yaml", out, "--resume")
     _until(lambda: _latest(out) == "step_000008", 600, job, "step 8's checkpoint")
     before = _digest(out / "checkpoints" / "step_000008")
-    job.procs[0].kill()
+    job.kill(0)
     _fault(job, "SIGKILL student", 1, time.monotonic(), out / "checkpoints" / "step_000008", before, results)
 
     # SIGSTOP teacher after step 9: the student waits stream.timeout_s, names it and stops
@@ -188,7 +203,7 @@ def test_kills_keep_the_last_checkpoint_and_resume_reproduces_the_run(dist, setu
     _until(lambda: _stopped(job.procs[0].pid), 600, job, "the student to stop inside the write")
     partial = out / "checkpoints" / ".step_000012.tmp"
     assert partial.is_dir() and any(partial.rglob("*.distcp")) and not (out / "checkpoints" / "step_000012").exists()
-    job.procs[0].kill()
+    job.kill(0)
     _fault(job, "SIGKILL during a checkpoint write", 1, time.monotonic(), out / "checkpoints" / "step_000008", before,
            results)
     assert _latest(out) == "step_000008"
@@ -196,6 +211,7 @@ def test_kills_keep_the_last_checkpoint_and_resume_reproduces_the_run(dist, setu
     # --resume after all of it: the uninterrupted run, bit for bit
     job = Job(d / "cfg.yaml", out, "--resume")
     assert job.wait(0, 600)[0] == 0 and job.wait(1, 60)[0] == 0, job.logs[0].read_text()[-3000:]
+    job.kill_all()  # helper processes a finished rank may leave
     assert _metrics(out) == _metrics(reference)
     a, b = _weights(reference / "checkpoints/step_000012"), _weights(out / "checkpoints/step_000012")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -206,8 +222,8 @@ def test_nonfinite_loss_is_skipped_then_stops_before_the_update(dist, setup, tmp
     out = tmp_path / "nan"
     job = Job(setup / "cfg.yaml", out, "distill.train.stages.0.lr=1.0e30", "distill.train.save_every=1",
               "distill.train.skip_nonfinite=1", "distill.train.stages.0.steps=5")
-    t0, results = time.monotonic(), {}
     _until(lambda: (out / "checkpoints" / "step_000001").is_dir(), 600, job, "step 1's checkpoint")
+    t0, results = time.monotonic(), {}  # the bound counts from the first checkpoint: two more steps, then the stop
     _fault(job, "non-finite loss", 0, t0, out / "checkpoints" / "step_000001", _digest(out / "checkpoints" /
                                                                                      "step_000001"), results)
     job.kill_all()
@@ -251,15 +267,21 @@ def test_disk_full_at_save(setup, reference, tmp_path):
         assert holder.stdout.readline().strip() == "mounted"
         ns = f"/proc/{holder.pid}/root"
         # both ranks join the holder's mount namespace (nsenter), so they see the tmpfs at the same path
-        wrap = ["nsenter", "-t", str(holder.pid), "-U", "-m", "--preserve-credentials"]
+        wrap = ["nsenter", "-t", str(holder.pid), "-U", "-m", "--preserve-credentials", f"--wd={ROOT}"]
         job = Job(d / "cfg.yaml", out, rank_env={}, wrap=wrap)
         inside = Path(ns + str(out))
         _until(lambda: (inside / "checkpoints" / "latest.txt").is_file(), 600, job, "step 4's checkpoint")
         before = _digest(inside / "checkpoints" / "step_000004")
         t0 = time.monotonic()
         results = {}
-        for rank in (0, 1):
-            _fault(job, "disk full at save", rank, t0, inside / "checkpoints" / "step_000004", before, results)
+        # the student's shard is the one that does not fit: it names the cause; the teacher, whose save it leaves,
+        # stops too, naming the same checkpoint (its cause: the student's ENOSPC if it learnt it, else a lost peer)
+        _fault(job, "disk full at save", 0, t0, inside / "checkpoints" / "step_000004", before, results, reap=False)
+        rc, _ = job.wait(1, 60)
+        teacher = job.errors(1)
+        assert rc == 3 and len(teacher) == 1 and "cannot write checkpoint" in teacher[0] and "step_000008" in \
+            teacher[0] and ("ENOSPC" in teacher[0] or "a peer rank stopped" in teacher[0]), teacher
+        job.kill_all()
         assert not (inside / "checkpoints" / ".step_000008.tmp").exists(), "the partial folder must be removed"
         assert (inside / "checkpoints" / "latest.txt").read_text() == "step_000004"
         print(json.dumps(results, indent=1))
