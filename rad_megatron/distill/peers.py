@@ -29,19 +29,29 @@ def rank_name(role, rank: int) -> str:
     return f"{'student' if rank < role.student_ranks else 'teacher'} rank {rank}"
 
 
+KEPT = "the last checkpoint is kept, --resume continues from it"
+
+
 @contextlib.contextmanager
-def talking_to(peer: str, after_step: int, timeout_s: float, what: str = "received"):
-    """Point-to-point traffic with `peer` (e.g. 'teacher rank 1') inside: a closed connection or a deadline passed
-    becomes RunStopped naming it."""
+def _peer_errors(describe):
+    """A RuntimeError inside that says a peer is gone or silent becomes RunStopped(describe(cause))."""
     try:
         yield
     except RuntimeError as e:
         cause = peer_cause(e)
         if cause is None:
             raise
+        raise RunStopped(f"{describe(cause)}; {KEPT}") from None
+
+
+def talking_to(peer: str, after_step: int, timeout_s: float, what: str = "received"):
+    """Point-to-point traffic with `peer` (e.g. 'teacher rank 1') inside: a closed connection or a deadline passed
+    becomes RunStopped naming it."""
+    def describe(cause):
         detail = f"nothing {what} for {timeout_s:g} s" if cause == "timed out" else cause
-        raise RunStopped(f"{peer} stopped answering after step {after_step} ({detail}); the last checkpoint is "
-                         f"kept, --resume continues from it") from None
+        return f"{peer} stopped answering after step {after_step} ({detail})"
+
+    return _peer_errors(describe)
 
 
 def wait_for(works, peer: str, after_step: int, timeout_s: float, what: str = "received") -> None:
@@ -82,22 +92,16 @@ def meet_before_save(role, step: int, timeout_s: float) -> None:
             silent.append(rank_name(role, r))
     if silent:
         raise RunStopped(f"{', '.join(silent)} did not reach the checkpoint save at step {step} within "
-                         f"{timeout_s:g} s; the last checkpoint is kept, --resume continues from it")
+                         f"{timeout_s:g} s; {KEPT}")
     for r in arrivals:
         dist.send(token, dst=r, group=group, tag=MEETING_TAG)
 
 
-@contextlib.contextmanager
 def peer_losses_named(role, last_step):
     """Any other collective that finds a peer gone (e.g. a data-parallel gradient reduction) becomes one line too;
-    `last_step()` is the last step this rank finished."""
-    try:
-        yield
-    except RuntimeError as e:
-        cause = peer_cause(e)
-        if cause is None:
-            raise
+    `last_step()` is the last step this rank finished (None: not known)."""
+    def describe(cause):
         step = last_step()
-        when = f" after step {step}" if step is not None else ""
-        raise RunStopped(f"{rank_name(role, role.rank)} lost a peer rank{when} ({cause}); the last checkpoint is kept, "
-                         f"--resume continues from it") from None
+        return f"{rank_name(role, role.rank)} lost a peer rank{'' if step is None else f' after step {step}'} ({cause})"
+
+    return _peer_errors(describe)

@@ -272,6 +272,8 @@ def test_disk_full_at_save(setup, reference, tmp_path):
         inside = Path(ns + str(out))
         _until(lambda: (inside / "checkpoints" / "latest.txt").is_file(), 600, job, "step 4's checkpoint")
         before = _digest(inside / "checkpoints" / "step_000004")
+        # the bound counts from step 8's metrics row: its checkpoint save comes next
+        _until(lambda: '"step": 8, "stage"' in (inside / "metrics.jsonl").read_text(), 600, job, "step 8")
         t0 = time.monotonic()
         results = {}
         # the student's shard is the one that does not fit: it names the cause; the teacher, whose save it leaves,
