@@ -21,10 +21,10 @@ from rad_megatron.data.datasets import ResumableSampler
 from rad_megatron.distill.guard import NonFiniteGuard, nonfinite_quantity
 from rad_megatron.distill.losses import LossWeights, distill_loss
 from rad_megatron.distill.optim import OptimConfig, StageOptimizer
+from rad_megatron.distill.peers import meet_before_save
 from rad_megatron.distill.schedule import events, replica_slice
 from rad_megatron.distill.stream import StreamConfig, StudentReceiver, TeacherSender, teacher_targets
 from rad_megatron.distill.targeting import Stage, apply_targeting
-from rad_megatron.distill.peers import meet_before_save
 from rad_megatron.errors import RadError, RunStopped
 from rad_megatron.model.forward import position_ids_for
 from rad_megatron.validation import resume_view, rules
@@ -275,14 +275,17 @@ class StudentTrainer:
 
     def _update(self, step: int, loss: float, bar):
         """The optimizer step behind the non-finite guard: (lr, grad norm, {} or the skip's record fields)."""
-        last = latest_checkpoint(self.out)
-        last = last.name if last is not None else None
+        def last():
+            ckpt = latest_checkpoint(self.out)
+            return ckpt.name if ckpt is not None else None
+
         quantity = nonfinite_quantity(loss, self.optimizer.ddp, self.role.student_group, self.role.device)
         if quantity is not None:  # skipped (logged) or RunStopped
-            self.guard.bad_step(step, quantity, last, log=bar.write if self.role.is_main else lambda _: None)
+            self.guard.bad_step(step, quantity, last(), log=bar.write if self.role.is_main else lambda _: None)
             return None, None, {"skipped_nonfinite": quantity}
         lr, norm = self.optimizer.step()
-        self.guard.after_update(step, norm if self.cfg.optim.clip_grad > 0 else None, last)
+        if self.cfg.optim.clip_grad > 0 and not math.isfinite(norm):  # Megatron measures the norm when it clips
+            self.guard.after_update(step, norm, last())
         return lr, norm, {}
 
     def _log(self, rec: dict) -> dict:
