@@ -28,6 +28,10 @@ def _setup(args):
     if args.out:
         cfg.out = args.out
     parts = cfg, build_roles(cfg.distill), build_train_config(cfg.distill), build_data_config(cfg.data)
+    if cfg.distill.teacher.cache:
+        from rad_megatron.distill.run import refuse_foreign_cache
+
+        refuse_foreign_cache(cfg, parts[2], parts[3])
     check_run_folder(Path(cfg.out), args.resume, args.force)
     if args.force:
         move_aside(Path(cfg.out))

@@ -168,8 +168,9 @@ class TeacherCache:
         self._eval = None
 
     def check_matches(self, **run) -> None:
-        """Refuse (one line) a cache whose tokenizer, data, top_k or temperature differ from the run's."""
-        for key in MATCHED:
+        """Refuse (one line) a cache whose tokenizer, data, top_k or temperature (those of them given) differ from
+        the run's."""
+        for key in (k for k in MATCHED if k in run):
             if self.manifest[key] != run[key]:
                 raise RadError(f"distill.teacher.cache={self.path} was made with {key}={self.manifest[key]!r}, this "
                                f"run has {key}={run[key]!r}: make a cache for this run's tokenizer, data and stream "

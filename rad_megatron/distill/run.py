@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch.distributed as dist
@@ -26,10 +27,31 @@ def open_teacher_cache(path, tok, train: TrainData, train_cfg):
     data, top_k and temperature."""
     from rad_megatron.distill.cache_store import TeacherCache
 
-    cache = TeacherCache(path, fix="rad teacher-cache --config CONFIG")
+    cache = TeacherCache(path, fix=CACHE_FIX)
     cache.check_matches(tokenizer=tokenizer_fingerprint(tok), data=train.fingerprint, top_k=train_cfg.stream.top_k,
                         temperature=train_cfg.stream.temperature)
     return cache
+
+
+CACHE_FIX = "rad teacher-cache --config CONFIG"
+
+
+def refuse_foreign_cache(cfg, train_cfg, data_cfg) -> None:
+    """At the door of `rad distill` / `rad pipeline`, before a model loads or a file is written: the cache
+    distill.teacher.cache must be whole (manifest, shards) and made for this run's top_k and temperature, and, where
+    the model's tokenizer can be read without loading the model, for its tokenizer and data (a hub or GGUF model has
+    those checked by run_distill once loaded)."""
+    from rad_megatron.distill.cache_store import TeacherCache
+    from rad_megatron.distributed.init import _launcher_env
+    from rad_megatron.sources import local_tokenizer
+
+    cache = TeacherCache(cfg.distill.teacher.cache, fix=CACHE_FIX)
+    cache.check_matches(top_k=train_cfg.stream.top_k, temperature=train_cfg.stream.temperature)
+    tok = local_tokenizer(cfg.model)
+    if tok is not None:
+        cache.check_matches(tokenizer=tokenizer_fingerprint(tok))
+        train = TrainData(data_cfg, tok, is_main=_launcher_env(os.environ)[0] == 0)
+        cache.check_matches(data=train.fingerprint)
 
 
 def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: list[int], resume: bool = False,
