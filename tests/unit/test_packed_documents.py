@@ -2,6 +2,7 @@
 per-document RoPE + block-diagonal mask; Mamba-2: conv and SSM state reset at each boundary), for a hybrid with both
 attention and Mamba layers, in fp32 to <= 1e-5; gradients flow as for the separate documents."""
 
+import pytest
 import torch
 
 from rad_megatron.config import ModelConfig
@@ -12,10 +13,10 @@ BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=4, 
 LENGTHS = [[5, 9, 1, 13, 4], [32], [17, 15]]  # one-token document, documents across Mamba chunk edges (chunk 8)
 
 
-def _model(seed=0):
+def _model(seed=0, recompute="none"):
     torch.manual_seed(seed)
     cfg = ModelConfig(**BASE, layout=["attention", "mamba", "mamba", "attention"], mamba={"chunk_size": 8})
-    return build_model(cfg)
+    return build_model(cfg, recompute=recompute)
 
 
 def _packed():
@@ -55,9 +56,11 @@ def test_packed_forward_equals_separate_documents(dist):
     assert (naive[0, 5:] - packed[0, 5:]).abs().max().item() > 1e-3
 
 
-def test_packed_gradients_equal_separate_documents(dist):
-    """d(sum of one document's logits)/d(weights) in the packed row == the same from that document alone."""
-    model = _model(seed=1).train()
+@pytest.mark.parametrize("recompute", ["none", "selective"])
+def test_packed_gradients_equal_separate_documents(dist, recompute):
+    """d(sum of one document's logits)/d(weights) in the packed row == the same from that document alone (also when
+    the backward pass recomputes core attention and the SSD scan: the boundaries reach the recomputation)."""
+    model = _model(seed=1, recompute=recompute).train()
     docs, ids, seq_idx = _packed()
     row, start, n = 0, 14, 1 + 13  # documents 2 and 3 of row 0 (a one-token one, then 13 tokens)
     params = [p for p in model.parameters() if p.requires_grad]
