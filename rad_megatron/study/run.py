@@ -105,8 +105,8 @@ def _teacher(cfg, base, tok, source, out: Path, timings: Timings, log):
     train, held = build_data(tok, cfg.data)
     t = cfg.train
     orders = {seed: data_order(train["input_ids"].shape[0], seed, t.steps, t.micro_batch_size) for seed in cfg.seeds}
-    cache_file = out / "teacher_cache.pt"
-    fresh = not cache_file.is_file()
+    cache_file = out / "teacher_cache"  # a folder (distill.cache_store), complete once its manifest is written
+    fresh = not (cache_file / "manifest.json").is_file()
     cache = teacher_cache(base, train, held, [r for o in orders.values() for r in o], t.top_k, t.eval_batch_size,
                           cache_file, source, log)
     if fresh:

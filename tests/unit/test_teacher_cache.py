@@ -149,3 +149,40 @@ def test_bad_caches_are_refused_in_one_line(world, tmp_path):
         short.receive(1, 0, torch.zeros(MBS, 24, dtype=torch.long))
     manifest = json.loads((w["dir"] / "cache/manifest.json").read_text())
     assert manifest["top_k"] == 8 and manifest["teacher"] == "teacher-x" and manifest["dtype"] == "float32"
+
+
+def test_study_targets_are_the_ones_it_computed_before(world, tmp_path, monkeypatch):
+    """`rad study` keeps its teacher targets in this cache format (study.teacher): the same values, indices and
+    held-out nll as the study's former in-file cache held (teacher_targets over eight rows at a time and over each
+    held-out batch); a second call reads them back, a broken cache is rebuilt."""
+    from rad_megatron.study.teacher import teacher_cache, train_targets
+
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 128, (20, 16), generator=g)
+    train = {"input_ids": ids, "labels": torch.roll(ids, -1, 1), "loss_mask": (ids % 3 != 0).float()}
+    hid = torch.randint(3, 128, (5, 12), generator=g)
+    held = {"input_ids": hid, "labels": torch.roll(hid, -1, 1), "loss_mask": (hid % 2 == 0).float()}
+    rows, stream = [3, 17, 0, 5, 9, 12, 3, 11, 2, 19, 7], StreamConfig(top_k=8)
+    order, w = sorted(set(rows)), world["model"]
+    before = [teacher_targets(w, train["input_ids"][r], train["labels"][r],
+                              train["loss_mask"][r], stream) for r in (order[:8], order[8:])]
+    held_before = [teacher_targets(w, held["input_ids"][i:i + 2], held["labels"][i:i + 2],
+                                   held["loss_mask"][i:i + 2], stream) for i in (0, 2, 4)]
+    cache = teacher_cache(w, train, held, rows, 8, 2, tmp_path / "tc", "hf:x", log=lambda m: None)
+    vals, idx = train_targets(cache, [17, 0, 19])
+    at = {r: (n // 8, n % 8) for n, r in enumerate(order)}
+    assert torch.equal(vals, torch.stack([before[at[r][0]][0][at[r][1]] for r in (17, 0, 19)]))
+    assert torch.equal(idx, torch.stack([before[at[r][0]][1][at[r][1]] for r in (17, 0, 19)]).long())
+    for (v, i, nll, tok), (bv, bi, bnll, btok) in zip(cache["held"], held_before, strict=True):
+        assert torch.equal(v, bv) and torch.equal(i, bi.long()) and nll == bnll and tok == btok
+    import rad_megatron.distill.teacher_cache as tc
+
+    with monkeypatch.context() as m:
+        m.setattr(tc, "teacher_token_targets", lambda *a, **k: pytest.fail("recomputed"))
+        again = teacher_cache(w, train, held, rows, 8, 2, tmp_path / "tc", "hf:x", log=lambda m: None)
+    assert torch.equal(train_targets(again, [17, 0, 19])[0], vals)
+    with open(tmp_path / "tc/shard_000.bin", "r+b") as f:
+        f.truncate(100)
+    said = []
+    rebuilt = teacher_cache(w, train, held, rows, 8, 2, tmp_path / "tc", "hf:x", log=said.append)
+    assert "truncated" in said[0] and torch.equal(train_targets(rebuilt, [17, 0, 19])[0], vals)
