@@ -111,15 +111,22 @@ def _tokenize_batch(batch: dict, tok, fields: dict) -> dict:
     return {"ids": ids, "mask": masks}
 
 
-def _load_rows(source: Source):
+def _load_rows(source: Source, where: str):
     from datasets import load_dataset
+
+    from rad_megatron.data.datasets import _unreadable
 
     files = _files(source.path)
     if not files:
         return load_dataset(source.path, split="train")
     kind = SUFFIX_KIND[files[0].suffix]
     extra = {"sample_by": "paragraph"} if kind == "text" else {}
-    return load_dataset(kind, data_files=[str(f) for f in files], split="train", **extra)
+    try:
+        return load_dataset(kind, data_files=[str(f) for f in files], split="train", **extra)
+    except Exception as e:  # noqa: BLE001 - datasets wraps the parser's error; name the file (and line) at fault
+        reasons = [(f, _unreadable(f, kind, e)) for f in files]
+        f, reason = next(((f, r) for f, r in reasons if r.startswith("line ")), reasons[0])
+        raise RadError(f"{where}.path {f}: {reason}") from None
 
 
 def _write(folder: Path, rows, vocab_size: int, fingerprint: hashlib.sha256) -> tuple[int, int, bool]:
@@ -148,7 +155,7 @@ def _write(folder: Path, rows, vocab_size: int, fingerprint: hashlib.sha256) -> 
     return docs, count, masked
 
 
-def build_corpus(source: Source, tok, tokenizer_id: str, folder: Path, num_proc: int) -> None:
+def build_corpus(source: Source, tok, tokenizer_id: str, folder: Path, num_proc: int, where: str = "data") -> None:
     """Tokenise `source` into `folder` (complete, or not there at all)."""
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -157,7 +164,7 @@ def build_corpus(source: Source, tok, tokenizer_id: str, folder: Path, num_proc:
         if is_indexed_prefix(source.path):
             docs, count, masked, digest = _adopt_prefix(source.path, tmp)
         else:
-            rows = _load_rows(source)
+            rows = _load_rows(source, where)
             fields = {k: getattr(source, k) for k in ("format", "prompt_field", "response_field", "text_field")}
             rows = rows.map(_tokenize_batch, batched=True, batch_size=256, remove_columns=rows.column_names,
                             num_proc=num_proc if num_proc > 1 else None, fn_kwargs={"tok": tok, "fields": fields},
@@ -202,7 +209,7 @@ def ensure_corpus(source: Source, tok, tokenizer_id: str, cache_dir: Path, num_p
     if not (folder / "meta.json").is_file():
         if is_main:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            build_corpus(source, tok, tokenizer_id, folder, num_proc)
+            build_corpus(source, tok, tokenizer_id, folder, num_proc, where)
         else:  # rank 0 may tokenise for longer than a collective's timeout: wait on the file instead
             while not (folder / "meta.json").is_file():
                 time.sleep(0.5)
