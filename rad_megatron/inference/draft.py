@@ -20,6 +20,15 @@ from rad_megatron.inference.rollback import MambaRollback
 from rad_megatron.model.skip import check_skip_set
 
 
+def check_same_tokenizer(target_tok, draft_tok, draft_name) -> None:
+    """A draft proposes token ids; they mean the same text only under the target's own tokenizer."""
+    ours, theirs = target_tok.get_vocab(), draft_tok.get_vocab()
+    if ours != theirs:
+        differ = sum(1 for t, i in theirs.items() if ours.get(t) != i) + len(set(ours) - set(theirs))
+        raise RadError(f"draft model '{draft_name}' has another tokenizer ({len(theirs)} tokens, {differ} differ from "
+                       f"the target's {len(ours)}); a draft model must share the target's tokenizer")
+
+
 def _run_draft(session, first: list[int], budget: int, choose, confidence, skip=()):
     """Feed `first`, then each drafted token, choosing `budget` tokens; returns (tokens, their distributions or
     None under greedy). Stops early when the draft's top probability falls below `confidence`."""
