@@ -7,7 +7,8 @@ layers (timing only: the weights do not change the cost): k = 8, 15, 22 chosen b
 (docs/results/probe_smollm2.json) and MIL's 50% layout (every other layer). Per context length: a prefill of
 [batch, context] random tokens per model (the model order alternates between context lengths), then `steps` greedy
 decode steps, interleaved across models step by step so that load drift hits every model alike; tokens/s is batch /
-median step time. Cache bytes are the tensors the inference context actually holds (KV for attention layers, conv +
+median step time. Times are CPU seconds of the one torch thread (time.thread_time, --threads 1), not wall time: the
+machine these ran on is shared. Cache bytes are the tensors the inference context actually holds (KV for attention layers, conv +
 SSM state for Mamba layers). Then a profile of one decode step of the 50% hybrid at the longest context: time per
 layer kind (forward hooks), and the Mamba decode step's conv and state update against the previous implementation
 (F.conv1d on the window; a state-sized temporary per step), interleaved.
@@ -27,6 +28,9 @@ import torch.nn.functional as F
 from rad_megatron.inference.engine import InferenceSession
 
 ROOT = Path(__file__).resolve().parents[1]
+# CPU time of this thread: torch runs on it alone (--threads 1), and unlike wall time it does not count the time the
+# scheduler gives to other processes on a shared machine
+CLOCK = time.thread_time
 
 
 def layer_sets(num_layers: int, probe: Path) -> dict[str, list[int]]:
@@ -59,18 +63,18 @@ def measure(models: dict, context: int, batch: int, steps: int, order: list[str]
     sessions, rows, logits = {}, {}, {}
     for name in order:
         session = InferenceSession(models[name], batch, context + steps + 1)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         logits[name] = session.feed(prompt, last_only=True)[:, -1]
-        rows[name] = {"prefill_s": time.perf_counter() - t0, "steps": []}
+        rows[name] = {"prefill_s": CLOCK() - t0, "steps": []}
         sessions[name] = session
     tokens = {name: [] for name in order}
     for _ in range(steps):  # interleaved: one step of every model, then the next step
         for name in order:
             tok = logits[name].argmax(-1, keepdim=True)
             tokens[name].append(tok)
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             logits[name] = sessions[name].feed(tok)[:, -1]
-            rows[name]["steps"].append(time.perf_counter() - t0)
+            rows[name]["steps"].append(CLOCK() - t0)
     for name in order:
         kv, ssm = cache_bytes(sessions[name])
         step = statistics.median(rows[name]["steps"])
@@ -91,17 +95,17 @@ def layer_profile(model, context: int, batch: int, steps: int = 4) -> dict[str, 
 
     modules = [(m, kind(m)) for m in model.decoder.layers] + [(model.output_layer, "output layer")]
     for m, k in modules:
-        handles.append(m.register_forward_pre_hook(lambda _m, _a, k=k: start.__setitem__(k, time.perf_counter())))
+        handles.append(m.register_forward_pre_hook(lambda _m, _a, k=k: start.__setitem__(k, CLOCK())))
         handles.append(m.register_forward_hook(
-            lambda _m, _a, _o, k=k: spent.__setitem__(k, spent.get(k, 0.0) + time.perf_counter() - start[k])))
+            lambda _m, _a, _o, k=k: spent.__setitem__(k, spent.get(k, 0.0) + CLOCK() - start[k])))
     session = InferenceSession(model, batch, context + steps + 1)
     with torch.no_grad():
         session.feed(torch.randint(0, model.rad_config.vocab_size, (batch, context)), last_only=True)
         spent.clear()
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for _ in range(steps):
             session.feed(torch.ones(batch, 1, dtype=torch.long))
-        total = time.perf_counter() - t0
+        total = CLOCK() - t0
     for h in handles:
         h.remove()
     out = {k: v / steps for k, v in spent.items()}
@@ -138,9 +142,9 @@ def mamba_step_profile(mixer, batch: int, repeats: int = 200) -> dict[str, float
     with torch.no_grad():
         for _ in range(repeats):  # interleaved
             for k, f in cases.items():
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 f()
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(CLOCK() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -151,7 +155,11 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6, help="decode steps timed per model and context")
     ap.add_argument("--probe", default=str(ROOT / "docs/results/probe_smollm2.json"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1: on a shared machine, OpenMP's 2-thread sync turns every small op into "
+                         "a scheduling wait; measured 10x on a Mamba layer step)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
 
     from rad_megatron.checkpoint.hf_import import model_from_hf
     from rad_megatron.checkpoint.hf_source import resolve
@@ -171,12 +179,12 @@ def main():
         results[context] = rows
         base = rows["original"]
         print(f"\ncontext {context}")
-        print(f"{'model':24} {'prefill s':>9} {'tok/s':>7} {'x orig':>6} {'KV MiB':>8} {'SSM MiB':>8} "
+        print(f"{'model':24} {'prefill CPU s':>13} {'tok/CPU-s':>9} {'x orig':>6} {'KV MiB':>8} {'SSM MiB':>8} "
               f"{'cache x orig':>12}")
         for name in names:
             r = rows[name]
             cache = r["kv_bytes"] + r["ssm_bytes"]
-            print(f"{name:24} {r['prefill_s']:9.2f} {r['tokens_per_s']:7.2f} "
+            print(f"{name:24} {r['prefill_s']:13.2f} {r['tokens_per_s']:9.2f} "
                   f"{r['tokens_per_s'] / base['tokens_per_s']:6.2f} {r['kv_bytes'] / 2**20:8.1f} "
                   f"{r['ssm_bytes'] / 2**20:8.2f} {cache / (base['kv_bytes'] + base['ssm_bytes']):12.3f}", flush=True)
     longest = max(results)

@@ -1,7 +1,7 @@
 """Speculative generation on SmolLM2 against plain greedy decoding, side by side in one process.
 
     python bench/speculative.py --hybrid runs/demo/checkpoints/step_000060 [--contexts 512,2048] [--prompts 2]
-        [--new-tokens 32] [--draft-len 4]
+        [--new-tokens 32] [--draft-len 4] [--identity-prompts 20]
 
 Targets: the original SmolLM2-135M-Instruct (the teacher) and the distilled hybrid `--hybrid` (e.g. the last
 checkpoint of `make demo`: 4 attention layers replaced by Mamba-2 and distilled). Methods, all greedy, batch 1:
@@ -10,9 +10,11 @@ checkpoint of `make demo`: 4 attention layers replaced by Mamba-2 and distilled)
                         restricted to the target's attention layers)
   (b) draft model       the distilled hybrid drafting for its teacher
 each speculative method with both Mamba rollbacks where the drafting or verifying model has Mamba layers
-(snapshot, recompute). Prompts: few-shot GSM8K text (train solutions, then a test question) cut to the context length.
+(snapshot, recompute). Prompts: few-shot GSM8K text (train solutions, then a test question) cut to the context length;
+with --identity-prompts N also the first N test questions alone, under the chat template.
 Methods run in turn for each prompt, their order rotating between prompts, so that load drift hits each alike.
-Every speculative output is checked token for token against plain greedy decoding of the same target. Printed:
+Every speculative output is checked token for token against plain greedy decoding of the same target. Times are CPU
+seconds of the one torch thread (time.thread_time), not wall time: the machine these ran on is shared. Printed:
 decode tokens/s (after the prefills; the first token comes from the target's prefill) and its ratio to plain, the
 end-to-end ratio (prefills included: a separate draft model prefills the prompt too), acceptance rate (accepted /
 drafted) and tokens emitted per target forward.
@@ -28,6 +30,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# CPU time of this thread: torch runs on it alone (--threads 1), and unlike wall time it does not count the time the
+# scheduler gives to other processes on a shared machine
+CLOCK = time.thread_time
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 
 
@@ -68,23 +73,71 @@ def plain_greedy(target, prompt, new_tokens):
 
     session = InferenceSession(target, 1, len(prompt) + new_tokens)
     tok = int(session.feed(torch.tensor([prompt]), last_only=True)[0, -1].argmax())
-    out, t0 = [tok], time.perf_counter()
+    out, t0 = [tok], CLOCK()
     while len(out) < new_tokens:
         tok = int(session.feed(torch.tensor([[tok]]))[0, -1].argmax())
         out.append(tok)
-    return out, time.perf_counter() - t0
+    return out, CLOCK() - t0
 
 
 def run_one(target, make_draft, rollback, prompt, new_tokens, k):
     """(tokens, stats or None, seconds end to end, seconds of decoding after the prefills)."""
     from rad_megatron.inference.spec_generate import speculative_decode
 
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     if make_draft is None:
         out, decode = plain_greedy(target, prompt, new_tokens)
-        return out, None, time.perf_counter() - t0, decode
-    out, stats = speculative_decode(target, prompt, new_tokens, make_draft(), k=k, rollback=rollback)
-    return out, stats, time.perf_counter() - t0, stats.seconds
+        return out, None, CLOCK() - t0, decode
+    out, stats = speculative_decode(target, prompt, new_tokens, make_draft(), k=k, rollback=rollback, clock=CLOCK)
+    return out, stats, CLOCK() - t0, stats.seconds
+
+
+def question_prompts(tok, count: int) -> list[list[int]]:
+    """The first `count` GSM8K test questions as `rad generate` sends them (chat template)."""
+    lines = (DATA / "test.jsonl").read_text().splitlines()[:count]
+    return [tok.apply_chat_template([{"role": "user", "content": json.loads(line)["question"]}],
+                                    add_generation_prompt=True, tokenize=True, return_dict=False)
+            for line in lines]
+
+
+def run_prompts(rows, prompts, new_tokens, k) -> dict:
+    """Every method on every prompt (plain first per target: the reference), totals per method."""
+    agg = {name: {"seconds": 0.0, "decode_seconds": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "steps": 0,
+                  "identical": 0, "prompts": len(prompts)} for name in rows}
+    names = list(rows)
+    for i, prompt in enumerate(prompts):
+        reference = {}
+        order = names[i % len(names):] + names[: i % len(names)]
+        for name in sorted(order, key=lambda n: "plain" not in n):
+            target, make_draft, rollback = rows[name]
+            out, stats, seconds, decode = run_one(target, make_draft, rollback, prompt, new_tokens, k)
+            key = name.split(":")[0]
+            reference.setdefault(key, out)
+            r = agg[name]
+            r["seconds"] += seconds
+            r["decode_seconds"] += decode
+            r["tokens"] += len(out)
+            r["identical"] += out == reference[key]
+            if stats is not None:
+                r["drafted"] += stats.drafted
+                r["accepted"] += stats.accepted
+                r["steps"] += stats.steps
+    return agg
+
+
+def print_table(agg: dict, title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'method':38} {'decode tok/CPU-s':>16} {'x plain':>7} {'end-to-end x':>12} {'accept':>7} "
+          f"{'tok/step':>8} {'identical':>9}")
+    for name, r in agg.items():
+        plain, n = agg[name.split(":")[0] + ": plain"], r["prompts"]
+        speed = (r["tokens"] - n) / r["decode_seconds"]
+        base = (plain["tokens"] - n) / plain["decode_seconds"]
+        e2e = (r["tokens"] / r["seconds"]) / (plain["tokens"] / plain["seconds"])
+        acc = f"{r['accepted'] / r['drafted']:.3f}" if r["drafted"] else "-"
+        per_step = f"{(r['tokens'] - n) / r['steps']:.2f}" if r["steps"] else "1.00"
+        print(f"{name:38} {speed:16.2f} {speed / base:7.2f} {e2e:12.2f} {acc:>7} {per_step:>8} "
+              f"{r['identical']:>5}/{n:<3}", flush=True)
 
 
 def main():
@@ -96,7 +149,13 @@ def main():
     ap.add_argument("--prompts", type=int, default=2, help="prompts per context")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--draft-len", type=int, default=4)
+    ap.add_argument("--identity-prompts", type=int, default=0,
+                    help="also run every method on the first N GSM8K test questions alone (chat template)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1: on a shared machine, OpenMP's 2-thread sync turns every small op into "
+                         "a scheduling wait; measured 10x on a Mamba layer step)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
 
     from rad_megatron.checkpoint.hf_import import model_from_hf
     from rad_megatron.checkpoint.hf_source import resolve
@@ -116,41 +175,14 @@ def main():
           f"{skip_hybrid}; draft length {a.draft_len}, {a.new_tokens} new tokens, batch 1, "
           f"{torch.get_num_threads()} CPU threads", flush=True)
     report = {}
-    for context in (int(c) for c in a.contexts.split(",")):
-        agg = {name: {"seconds": 0.0, "decode_seconds": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "steps": 0, "identical": True}
-               for name in rows}
-        names = list(rows)
-        for i, prompt in enumerate(gsm8k_prompts(tok, context, a.prompts)):
-            reference = {}
-            order = names[i % len(names):] + names[: i % len(names)]
-            for name in sorted(order, key=lambda n: "plain" not in n):  # plain first: the reference tokens
-                target, make_draft, rollback = rows[name]
-                out, stats, seconds, decode = run_one(target, make_draft, rollback, prompt, a.new_tokens, a.draft_len)
-                key = name.split(":")[0]
-                if make_draft is None:
-                    reference[key] = out
-                r = agg[name]
-                r["seconds"] += seconds
-                r["decode_seconds"] += decode
-                r["tokens"] += len(out)
-                r["identical"] &= out == reference[key]
-                if stats is not None:
-                    r["drafted"] += stats.drafted
-                    r["accepted"] += stats.accepted
-                    r["steps"] += stats.steps
-        report[context] = agg
-        print(f"\ncontext {context} ({a.prompts} prompts)")
-        print(f"{'method':38} {'decode tok/s':>12} {'x plain':>7} {'end-to-end x':>12} {'accept':>7} "
-              f"{'tok/step':>8} {'identical':>9}")
-        for name, r in agg.items():
-            plain = agg[name.split(":")[0] + ": plain"]
-            speed = (r["tokens"] - a.prompts) / r["decode_seconds"]
-            base = (plain["tokens"] - a.prompts) / plain["decode_seconds"]
-            e2e = (r["tokens"] / r["seconds"]) / (plain["tokens"] / plain["seconds"])
-            acc = f"{r['accepted'] / r['drafted']:.3f}" if r["drafted"] else "-"
-            per_step = f"{(r['tokens'] - a.prompts) / r['steps']:.2f}" if r["steps"] else "1.00"
-            print(f"{name:38} {speed:12.2f} {speed / base:7.2f} {e2e:12.2f} {acc:>7} {per_step:>8} "
-                  f"{str(r['identical']):>9}", flush=True)
+    for context in (int(c) for c in a.contexts.split(",") if c):
+        report[context] = run_prompts(rows, gsm8k_prompts(tok, context, a.prompts), a.new_tokens, a.draft_len)
+        print_table(report[context], f"context {context} ({a.prompts} prompts)")
+    if a.identity_prompts:
+        prompts = question_prompts(tok, a.identity_prompts)
+        report["questions"] = run_prompts(rows, prompts, a.new_tokens, a.draft_len)
+        print_table(report["questions"], f"{len(prompts)} GSM8K test questions alone, chat template "
+                                         f"({min(map(len, prompts))}-{max(map(len, prompts))} tokens)")
     print(json.dumps({"skip_teacher": skip_teacher, "skip_hybrid": skip_hybrid, "results": report}))
 
 

@@ -3,7 +3,8 @@ text; bad input (draft length < 1, a draft model with another tokenizer, contrad
 stderr, exit 2, and nothing is written."""
 
 from rad_megatron.cli import main
-from tests.helpers import last_json, tiny_hf_llama
+from tests.helpers import last_json, one_torch_thread, tiny_hf_llama  # noqa: F401 (autouse fixture)
+
 
 
 def _rad(capsys, *args):

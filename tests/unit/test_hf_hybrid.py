@@ -25,10 +25,12 @@ from rad_megatron.errors import RadError
 from rad_megatron.inference.engine import generate
 from rad_megatron.model import build_model, forward_logits
 from rad_megatron.swap import swap_attention_to_mamba
-from tests.helpers import LLAMA3_SCALING, SHARED, tiny_hf_llama, tiny_tokenizer
+from tests.helpers import (LLAMA3_SCALING, SHARED, one_torch_thread,  # noqa: F401 (autouse fixture)
+                           tiny_hf_llama, tiny_tokenizer)
 
 BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=3, num_attention_heads=4, num_kv_heads=2)
 NEW_TOKENS = 8
+
 
 # Runs in a fresh interpreter outside the repository: transformers alone loads each folder.
 FRESH = """

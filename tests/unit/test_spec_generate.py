@@ -1,7 +1,8 @@
 """Speculative generation (inference/spec_generate.py): greedy output is token-identical to plain greedy decoding on
 20 GSM8K prompts for a self-draft and a separate draft model, both Mamba rollbacks (snapshot, recompute) and several
 draft lengths; a draft equal to the target is always accepted; sampled output follows the target's distribution
-(chi-square, tiny model, with a draft far enough from the target that accepting its tokens blindly would fail)."""
+(chi-square, tiny model, a draft model far enough from the target that accepting its tokens blindly would fail, and
+the self-draft)."""
 
 import json
 
@@ -14,9 +15,10 @@ from rad_megatron.inference.draft import ModelDraft, SelfDraft
 from rad_megatron.inference.engine import SamplingConfig, generate, next_token_probs
 from rad_megatron.inference.spec_generate import accept_draft, speculative_decode
 from rad_megatron.model import build_model, forward_logits
-from tests.helpers import SHARED, tiny_tokenizer
+from tests.helpers import SHARED, one_torch_thread, tiny_tokenizer  # noqa: F401 (autouse fixture)
 
 HYBRID = ["attention", "mamba", "attention", "mamba"]
+
 
 
 def _model(layout, vocab=128, hidden=64, seed=0):
@@ -91,9 +93,10 @@ def test_sampled_tokens_follow_the_target_distribution(dist):
     assert 0.5 * (want[0] - q0).abs().sum() > 0.2
     samples = 600
     counts = torch.zeros(3, vocab, dtype=torch.float64)
-    for seed in range(samples):
+    for seed in range(samples):  # a draft model and the self-draft, each with both rollbacks
         rollback = ("snapshot", "recompute")[seed % 2]
-        out, _ = speculative_decode(target, prompt, 3, ModelDraft(draft, rollback), k=2, rollback=rollback,
+        drafter = ModelDraft(draft, rollback) if seed % 4 < 2 else SelfDraft([0])
+        out, _ = speculative_decode(target, prompt, 3, drafter, k=2, rollback=rollback,
                                     sampling=SamplingConfig(temperature=1.0, seed=seed))
         for pos, tok in enumerate(out):
             counts[pos, tok] += 1
