@@ -8,8 +8,8 @@ layers (timing only: the weights do not change the cost): k = 8, 15, 22 chosen b
 [batch, context] random tokens per model (the model order alternates between context lengths), then `steps` greedy
 decode steps, interleaved across models step by step so that load drift hits every model alike; tokens/s is batch /
 median step time. Times are CPU seconds of the one torch thread (time.thread_time, --threads 1), not wall time: the
-machine these ran on is shared. Cache bytes are the tensors the inference context actually holds (KV for attention layers, conv +
-SSM state for Mamba layers). Then a profile of one decode step of the 50% hybrid at the longest context: time per
+machine these ran on is shared. Cache bytes are the tensors the inference context actually holds (KV for attention
+layers, conv + SSM state for Mamba layers). Then a profile of one decode step of the 50% hybrid at the longest context: time per
 layer kind (forward hooks), and the Mamba decode step's conv and state update against the previous implementation
 (F.conv1d on the window; a state-sized temporary per step), interleaved.
 """

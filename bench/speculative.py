@@ -92,6 +92,40 @@ def run_one(target, make_draft, rollback, prompt, new_tokens, k):
     return out, stats, CLOCK() - t0, stats.seconds
 
 
+@torch.no_grad()
+def forward_costs(targets: dict, prompt: list[int], k: int, repeats: int = 9) -> dict[str, dict[str, float]]:
+    """Median CPU seconds, after `prompt`, of a one-token step, the same step with the skip set, and a (k+1)-token
+    verify forward, per target (name -> (model, skip set)), interleaved across targets and cases; the pieces of the
+    cost model (accepted + 1) / (k c + v)."""
+    from rad_megatron.inference.engine import InferenceSession
+
+    sessions = {}
+    for name, (model, _) in targets.items():
+        sessions[name] = InferenceSession(model, 1, len(prompt) + k + 2)
+        sessions[name].feed(torch.tensor([prompt]), last_only=True)
+    n = len(prompt)
+    times = {name: {"step": [], "skip step": [], "verify": []} for name in targets}
+    for _ in range(repeats):
+        for name, (_, skip) in targets.items():
+            for case, (tokens, sk) in {"step": ([[1]], ()), "skip step": ([[1]], skip),
+                                       "verify": ([[1] * (k + 1)], ())}.items():
+                sessions[name].rewind(n)  # the cost does not depend on the Mamba states' values
+                t0 = CLOCK()
+                sessions[name].feed(torch.tensor(tokens), sk)
+                times[name][case].append(CLOCK() - t0)
+    return {name: {c: sorted(v)[len(v) // 2] for c, v in cases.items()} for name, cases in times.items()}
+
+
+def print_costs(costs: dict, k: int) -> None:
+    print("\nforward costs after the first prompt (CPU ms, median of 9 interleaved; ratios to the same target's "
+          "one-token step):")
+    for name, c in costs.items():
+        print(f"  {name:8} step {c['step'] * 1e3:7.1f}  skip-set step {c['skip step'] / c['step']:.3f}  "
+              f"verify of {k + 1} tokens {c['verify'] / c['step']:.3f}")
+    print(f"  the hybrid's step / the teacher's step (draft cost of (b)): "
+          f"{costs['hybrid']['step'] / costs['teacher']['step']:.3f}")
+
+
 def question_prompts(tok, count: int) -> list[list[int]]:
     """The first `count` GSM8K test questions as `rad generate` sends them (chat template)."""
     lines = (DATA / "test.jsonl").read_text().splitlines()[:count]
@@ -146,7 +180,7 @@ def main():
     ap.add_argument("--hf", default=None, help="the teacher (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--probe", default=str(ROOT / "docs/results/probe_smollm2.json"))
     ap.add_argument("--contexts", default="512,2048")
-    ap.add_argument("--prompts", type=int, default=2, help="prompts per context")
+    ap.add_argument("--prompts", type=int, default=2, help="prompts per context (0: only the forward costs)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--draft-len", type=int, default=4)
     ap.add_argument("--identity-prompts", type=int, default=0,
@@ -176,8 +210,14 @@ def main():
           f"{torch.get_num_threads()} CPU threads", flush=True)
     report = {}
     for context in (int(c) for c in a.contexts.split(",") if c):
-        report[context] = run_prompts(rows, gsm8k_prompts(tok, context, a.prompts), a.new_tokens, a.draft_len)
-        print_table(report[context], f"context {context} ({a.prompts} prompts)")
+        prompts = gsm8k_prompts(tok, context, max(1, a.prompts))
+        if a.prompts:
+            report[context] = run_prompts(rows, prompts, a.new_tokens, a.draft_len)
+            print_table(report[context], f"context {context} ({a.prompts} prompts)")
+        costs = forward_costs({"teacher": (teacher, skip_teacher), "hybrid": (hybrid, skip_hybrid)}, prompts[0],
+                              a.draft_len)
+        print_costs(costs, a.draft_len)
+        report[f"{context} costs"] = costs
     if a.identity_prompts:
         prompts = question_prompts(tok, a.identity_prompts)
         report["questions"] = run_prompts(rows, prompts, a.new_tokens, a.draft_len)
