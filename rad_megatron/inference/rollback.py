@@ -28,7 +28,8 @@ ROLLBACKS = ("snapshot", "recompute")
 def mamba_mixers(model) -> list:
     from rad_megatron.ssm.mixer import HybridMambaMixer
 
-    return [layer.mixer for layer in model.decoder.layers if isinstance(getattr(layer, "mixer", None), HybridMambaMixer)]
+    return [layer.mixer for layer in model.decoder.layers
+            if isinstance(getattr(layer, "mixer", None), HybridMambaMixer)]
 
 
 class MambaRollback:
