@@ -19,15 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from rad_megatron.inference.engine import InferenceSession
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's rad_megatron, not the one the venv was installed from
+
+from rad_megatron.inference.engine import InferenceSession  # noqa: E402
 # CPU time of this thread: torch runs on it alone (--threads 1), and unlike wall time it does not count the time the
 # scheduler gives to other processes on a shared machine
 CLOCK = time.thread_time

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -189,6 +190,7 @@ def main():
                     help="torch CPU threads (1: on a shared machine, OpenMP's 2-thread sync turns every small op into "
                          "a scheduling wait; measured 10x on a Mamba layer step)")
     a = ap.parse_args()
+    sys.path.insert(0, str(ROOT))  # this checkout's rad_megatron, not the one the venv was installed from
     torch.set_num_threads(a.threads)
 
     from rad_megatron.checkpoint.hf_import import model_from_hf
