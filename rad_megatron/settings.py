@@ -49,7 +49,8 @@ class ProbeSection:
     max_new_tokens: int = 32
     """Tokens generated per prompt."""
     objective: str = "throughput"
-    """throughput (cost model) | tokens_per_s | acceptance."""
+    """throughput (cost model, greedy acceptance) | expected_throughput (the cost model with speculative sampling's
+    acceptance probability alpha) | tokens_per_s | acceptance."""
     costs: str = "flops"
     """Per-layer cost model: flops | measured."""
     chat: bool = True
@@ -66,8 +67,10 @@ class SwapSection:
     """Explicit layers; None: the set `strategy` picks (probe.k layers)."""
     strategy: str = "rad"
     """How layers are picked when `layers` is None: rad (the probe's searched set) | uniform (MIL: every n-th
-    attention layer) | random (seeded by `seed`) | worst (lowest per-layer probe scores) | kl (smallest
-    KL(full || layer skipped)); see study.strategies."""
+    attention layer from layer 0) | uniform-keep0 (the same spacing ending at the last layer, layer 0 kept) | random
+    (seeded by `seed`) | worst (lowest per-layer probe scores) | kl (smallest KL(full || layer skipped) on the
+    model's greedy continuation) | bi (ShortGPT's Block Influence) | attn-sim (attention input/output cosine
+    similarity); see study.strategies."""
     init: str = "rad_zero"
     """mil | rad_zero | random."""
     seed: int = 1234

@@ -20,14 +20,21 @@ from rad_megatron.study.strategies import STRATEGIES
 class StudyProbe:
     """Where the strategies' probe evidence comes from."""
 
-    file: str = "docs/results/probe_smollm2.json"
-    """An existing probe.json (per-layer scores, per-layer skip KL, a searched set); relative to the working dir."""
+    file: str = ""
+    """An existing probe.json (per-layer scores, a searched set; its settings and prompts are used for anything the
+    study adds); empty: the study runs the per-layer probe itself with the settings below."""
     search_trials: int = 8
-    """Bayesian-search trials for each k the file has not searched (run once, cached in the study folder)."""
+    """Bayesian-search trials for each k not searched yet (run once, cached in the study folder)."""
     prompts: str = ""
-    """Prompts for a missing search or skip KL; empty: the file's `settings.prompts`."""
+    """Probe prompts; empty: the file's `settings.prompts`."""
     num_prompts: int | None = None
-    """Prompts used; None: the file's setting (same evidence as its per-layer scores)."""
+    """Prompts used; None: the file's setting (same evidence as its per-layer scores), or 4 without a file."""
+    draft_len: int = 4
+    """K: draft tokens per verify step (without a file)."""
+    max_new_tokens: int = 32
+    """Tokens generated per prompt (without a file)."""
+    objective: str = "throughput"
+    """Probe objective (probe.score.OBJECTIVES) of the per-layer ranking and the search (without a file)."""
 
 
 @dataclass
@@ -70,6 +77,12 @@ class StudyTrain:
     """Teacher log-probabilities kept per token (the cache holds these)."""
     eval_every: int = 5
     """Held-out evaluation every N steps (and at step 0 and at the end)."""
+    lr_sweep: dict = field(default_factory=dict)
+    """Peak LRs tried per init (e.g. {rad_zero: [3.0e-5, 1.0e-4, 3.0e-4]}): every (strategy, init) runs each one at
+    k = `lr_sweep_k` on the first seed and keeps the LR with the lowest training loss over the last quarter of its
+    steps (not the held-out KL the report compares). Empty: `init_lr` / `lr` for every strategy."""
+    lr_sweep_k: int | None = None
+    """The k the sweep runs at; None: the middle of `ks`."""
     eval_batch_size: int = 8
     """Held-out examples per forward."""
     trainable: str = "new_mamba"
@@ -120,7 +133,12 @@ class StudyConfig:
     out: str = "runs/study_smollm2"
     """Study folder (teacher cache, probe additions, one folder per run, report)."""
     report_dir: str = ""
-    """Also write the report (convergence.md/.png/.jsonl) here, e.g. docs/results; empty: only in `out`."""
+    """Also write the report (<report_name>.md/.png/.jsonl and _probe.json) here, e.g. docs/results; empty: only in
+    `out`."""
+    report_name: str = "convergence"
+    """File stem of the report."""
+    bootstrap: int = 2000
+    """Bootstrap resamples (over seeds and held-out examples) behind every interval in the report."""
 
     def __post_init__(self):
         from rad_megatron.swap import INITS
@@ -133,8 +151,9 @@ class StudyConfig:
             raise RadError(f"config.ks={self.ks} must be a non-empty list of positive integers")
         if not self.seeds:
             raise RadError("config.seeds is empty; give at least one seed")
-        if "uniform" not in self.strategies:
-            raise RadError("config.strategies must include 'uniform': the report measures every strategy against it")
+        if "rad" not in self.strategies or len(self.strategies) < 2:
+            raise RadError("config.strategies must include 'rad' and at least one baseline: the report measures RAD "
+                           "against each baseline")
         t = self.train
         bad = [k for k in t.init_lr if k not in INITS]
         if bad or any(not isinstance(v, (int, float)) or v <= 0 for v in t.init_lr.values()):
@@ -142,7 +161,28 @@ class StudyConfig:
                            f"positive learning rates")
         if t.steps < 1 or t.micro_batch_size < 1 or t.eval_every < 1:
             raise RadError("config.train.steps, micro_batch_size and eval_every must be >= 1")
+        self._check_sweep()
 
+    def _check_sweep(self) -> None:
+        from rad_megatron.probe.score import OBJECTIVES
+
+        t = self.train
+        if self.probe.objective not in OBJECTIVES:
+            raise RadError(f"config.probe.objective '{self.probe.objective}' is not one of {', '.join(OBJECTIVES)}")
+        if not t.lr_sweep:
+            return
+        missing = [i for i in self.inits if not t.lr_sweep.get(i)]
+        values = [v for vs in t.lr_sweep.values() for v in (vs if isinstance(vs, list) else [vs])]
+        if missing or any(not isinstance(v, (int, float)) or v <= 0 for v in values) or \
+                any(not isinstance(vs, list) for vs in t.lr_sweep.values()):
+            raise RadError(f"config.train.lr_sweep={t.lr_sweep}: give a list of positive learning rates for every "
+                           f"init in {self.inits} (e.g. {{rad_zero: [3.0e-5, 1.0e-4]}})")
+        if t.lr_sweep_k is not None and t.lr_sweep_k not in self.ks:
+            raise RadError(f"config.train.lr_sweep_k={t.lr_sweep_k} must be one of ks {self.ks}")
+
+    @property
+    def sweep_k(self) -> int:
+        return self.train.lr_sweep_k if self.train.lr_sweep_k is not None else sorted(self.ks)[len(self.ks) // 2]
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
