@@ -32,9 +32,9 @@ def _prompts(cfg, settings: dict, tok) -> list[list[int]]:
     return encode_prompts(tok, read_prompts(source, limit=cfg.probe.num_prompts or settings.get("num_prompts") or 4))
 
 
-def _cached(path: Path, compute, log, what: str) -> dict:
+def _cached(path: Path, compute, log, what: str, may_compute: bool) -> dict:
     if not path.is_file():
-        if compute is None:
+        if not may_compute:
             raise RadError(f"{path} is missing: the study's probe phase has not finished, so there is no report to "
                            f"write yet (--max-runs 0 never probes; run without it)")
         log(f"probe: {what}")
@@ -59,8 +59,7 @@ def _per_layer(cfg, model, tok, folder: Path, log, probe: bool) -> tuple[dict, s
         report["settings"].update(prompts=p.prompts, num_prompts=len(prompts))
         return report
 
-    return _cached(path, compute if probe else None, log, f"per-layer scores ({model.rad_config.num_layers} layers)"), \
-        str(path)
+    return _cached(path, compute, log, f"per-layer scores ({model.rad_config.num_layers} layers)", probe), str(path)
 
 
 def gather_evidence(cfg, model, tok, folder: Path, log=print, probe: bool = True) -> tuple[ProbeEvidence, list[str],
@@ -76,9 +75,8 @@ def gather_evidence(cfg, model, tok, folder: Path, log=print, probe: bool = True
     prompts = None
     if any(st in HEURISTIC for st in cfg.strategies) and not base.get("redundancy"):
         prompts = _prompts(cfg, s, tok)
-        extra = _cached(folder / "probe_redundancy.json", probe and (lambda: {"redundancy": redundancy_scores(
-            model, prompts, s.get("max_new_tokens", 32), s.get("eos_id"))}) or None, log, "redundancy heuristics "
-            "(kl, bi, attn_sim)")
+        extra = _cached(folder / "probe_redundancy.json", lambda: {"redundancy": redundancy_scores(
+            model, prompts, s.get("max_new_tokens", 32), s.get("eos_id"))}, log, "redundancy heuristics", probe)
         reports.append(extra)
         sources.append(str(folder / "probe_redundancy.json"))
     searches = {}
@@ -87,8 +85,8 @@ def gather_evidence(cfg, model, tok, folder: Path, log=print, probe: bool = True
             continue
         prompts = prompts or _prompts(cfg, s, tok)
         path = folder / f"probe_search_k{k}.json"
-        search = (lambda k=k: probe_search(model, prompts, k, cfg.probe.search_trials, base)) if probe else None
-        searches[k] = _cached(path, search, log, f"searching skip sets of size {k} ({cfg.probe.search_trials} trials)")
+        searches[k] = _cached(path, lambda k=k: probe_search(model, prompts, k, cfg.probe.search_trials, base), log,
+                              f"searching skip sets of size {k} ({cfg.probe.search_trials} trials)", probe)
         reports.append(searches[k])
         sources.append(str(path))
     merged = {**base, "redundancy": ProbeEvidence.from_reports(reports).to_dict()["heuristics"],
