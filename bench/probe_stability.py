@@ -32,10 +32,11 @@ def _subset_report(model, prompts, settings, k, trials):
     for obj in OBJECTIVES:
         report = copy.deepcopy(per_layer)
         report["settings"]["objective"] = obj
-        report["per_layer_ranking"] = [t["skip"][0] for t in sorted(report["per_layer"], key=lambda t: rank_key(t, obj))]
+        ranked = sorted(report["per_layer"], key=lambda t: rank_key(t, obj))
+        report["per_layer_ranking"] = [t["skip"][0] for t in ranked]
         search = probe_search(model, prompts, k, trials, report)
-        out["objectives"][obj] = {"top_k_by_per_layer": search["top_k_by_per_layer"], "chosen": search["chosen"]["skip"],
-                                  "chosen_value": search["chosen"][obj]}
+        out["objectives"][obj] = {"top_k_by_per_layer": search["top_k_by_per_layer"],
+                                  "chosen": search["chosen"]["skip"], "chosen_value": search["chosen"][obj]}
     out["seconds"] = time.perf_counter() - t0
     return out
 

@@ -139,6 +139,8 @@ class StudyConfig:
     """File stem of the report."""
     bootstrap: int = 2000
     """Bootstrap resamples (over seeds and held-out examples) behind every interval in the report."""
+    notes: list[str] = field(default_factory=list)
+    """Lines for the report's `Limits` section (what this study does not measure, and why)."""
 
     def __post_init__(self):
         from rad_megatron.swap import INITS

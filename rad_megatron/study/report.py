@@ -129,7 +129,8 @@ def write_report(out: Path, cfg, command: str, plan: dict, probe: dict, sources:
         *_runtime_lines(seconds, span), *_setup_lines(cfg, plan, plan["grid_done"], held),
         f"* probe evidence: `{name}_probe.json` (from {', '.join(f'`{s}`' for s in sources) or 'none'})", "",
         "## Verdict", "",
-        "RAD's set against each baseline: tokens(baseline) / tokens(rad) to reach the baseline's final held-out KL.", "",
+        "RAD's set against each baseline: tokens(baseline) / tokens(rad) to reach the baseline's final held-out KL.",
+        "",
         *(conclusion_lines(cells) or ["No (k, init) has finished rad and baseline runs yet."]), "",
         "## RAD against each baseline", "",
         "Target = the baseline's final held-out KL (seed-mean). Tokens to target = the training tokens from which a "
@@ -146,6 +147,7 @@ def write_report(out: Path, cfg, command: str, plan: dict, probe: dict, sources:
         "redundant; the rank breaks ties by alpha) and the three heuristics (lower = more redundant):", "",
         *evidence_lines(probe, plan["grid"]), "",
         "## GSM8K accuracy", "", *accuracy_lines(acc, plan["grid"], cfg.strategies), "",
+        *(["## Limits", "", *[f"* {n}" for n in cfg.notes], ""] if cfg.notes else []),
         f"Raw metrics: `{name}.jsonl` (one line per training step and per evaluation of every grid run, with the "
         f"per-example held-out sums the intervals resample, and the LR-sweep runs' training steps).", ""]
     md = out / f"{name}.md"

@@ -185,8 +185,8 @@ def _plan_line(cfg, grid: int, sweep: int, heldout: int) -> str:
     evals = len({*range(t.eval_every, t.steps + 1, t.eval_every), t.steps}) + 1
     lr = f" + {sweep} LR-sweep runs (k={cfg.sweep_k}, seed {cfg.seeds[0]}, no held-out evaluation)" if sweep else ""
     return (f"plan: {grid} grid runs{lr}; each {t.steps} steps = {tokens} training tokens; grid runs evaluate "
-            f"{evals} times on {heldout} held-out examples (every {t.eval_every * t.micro_batch_size * cfg.data.seq_len}"
-            f" tokens)")
+            f"{evals} times on {heldout} held-out examples (every "
+            f"{t.eval_every * t.micro_batch_size * cfg.data.seq_len} tokens)")
 
 
 def run_study(cfg, command: str, force: bool = False, max_runs: int | None = None, log=print) -> Path:
@@ -232,7 +232,8 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
     rows = [r for s in finished for r in read_jsonl(runs / s.name / "metrics.jsonl")] + \
         [{**r, "phase": "lr sweep"} for s in swept for r in read_jsonl(sweep_dir / s.name / "metrics.jsonl")]
     plan = {"grid": [s.fields() for s in grid], "grid_planned": n_grid, "sweep_planned": n_sweep,
-            "sweep_done": len(swept), "grid_done": len(finished), "lr": [{"strategy": s, "init": i, **c} for (s, i), c in sorted(chosen.items())]}
+            "sweep_done": len(swept), "grid_done": len(finished),
+            "lr": [{"strategy": s, "init": i, **c} for (s, i), c in sorted(chosen.items())]}
     done = [runs / s.name / "done.json" for s in finished] + [sweep_dir / s.name / "done.json" for s in swept]
     span = (min(f.stat().st_mtime for f in done), max(f.stat().st_mtime for f in done)) if done else None
 

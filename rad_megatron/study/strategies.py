@@ -65,7 +65,8 @@ class ProbeEvidence:
                     ev.heuristics[name] = {int(b): float(v) for b, v in values.items()}
             for found in [r, *r.get("searches", {}).values()]:  # a study's merged evidence keeps its searches apart
                 if found.get("chosen"):
-                    ev.searched.setdefault(len(found["chosen"]["skip"]), sorted(int(b) for b in found["chosen"]["skip"]))
+                    skip = sorted(int(b) for b in found["chosen"]["skip"])
+                    ev.searched.setdefault(len(skip), skip)
         return ev
 
     def to_dict(self) -> dict:

@@ -87,7 +87,8 @@ def evaluate(model, held: dict, held_targets: list, batch_size: int, vocab: int)
         per_nll = -gather_at(logq, b["labels"][where].unsqueeze(-1), None, 0).squeeze(-1)
         row = where.nonzero()[:, 0]  # the example of each answer token
         for values, out in ((per_kl, kl), (per_nll, nll)):
-            out += torch.zeros(where.shape[0], dtype=torch.float64, device=dev).index_add_(0, row, values.double()).tolist()
+            per_example = torch.zeros(where.shape[0], dtype=torch.float64, device=dev)
+            out += per_example.index_add_(0, row, values.double()).tolist()
         ntok += where.sum(1).tolist()
         t_nll, t_tok = t_nll + tnll, t_tok + ttok
     n = sum(ntok)

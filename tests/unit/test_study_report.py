@@ -100,7 +100,7 @@ def test_report_tables_and_files(tmp_path):
         rows("rad", {0: [1.5, 0.9, 0.7, 0.6], 1: [1.6, 1.1, 0.8, 0.7]}) + \
         rows("random", {0: [0.3, 0.2, 0.2, 0.2], 1: [0.4, 0.3, 0.2, 0.2]})
     cfg = StudyConfig(strategies=["rad", "uniform", "random"], ks=[4], inits=["mil"], out=str(tmp_path / "s"),
-                      report_dir=str(tmp_path / "docs"), report_name="conv", bootstrap=200,
+                      report_dir=str(tmp_path / "docs"), report_name="conv", bootstrap=200, notes=["no GPU here"],
                       train=StudyTrain(steps=3, eval_every=1, lr_sweep={"mil": [1e-3, 3e-3]}))
     grid = [{"run": f"{s}-k4-mil-s{seed}", "strategy": s, "k": 4, "init": "mil", "seed": seed,
              "layers": [1, 2] if s == "rad" else [0, 3]} for s in cfg.strategies for seed in (0, 1)]
@@ -119,6 +119,7 @@ def test_report_tables_and_files(tmp_path):
     assert "| rad | mil | 1e-03 | 3e-03 | 3e-03 |" not in text and "| rad | mil | 0.5000 | **0.4000** | 3e-03 |" in text
     assert "| 2 | 0.800 | 0.9000 | 1 |  | 0.2000 |  | rad@k4 |" in text
     assert "every 256 tokens (and at 0) on 2 held-out examples" in text and "total 0.18 h" in text
+    assert "## Limits\n\n* no GPU here\n" in text
     for f in ("conv.md", "conv.png", "conv.jsonl", "conv_probe.json"):
         assert (tmp_path / "docs" / f).read_bytes() == (tmp_path / "s" / f).read_bytes()
     assert (tmp_path / "docs" / "conv.png").read_bytes()[:4] == b"\x89PNG"
