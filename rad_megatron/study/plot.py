@@ -15,9 +15,11 @@ def plot_curves(curves: dict[tuple, Curves], strategies: list[str], resamples: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    inits = sorted({init for (_, _, init) in curves})
-    ks = sorted({k for (_, k, _) in curves})
+    inits = sorted({init for (_, _, init) in curves}) or ["(none)"]
+    ks = sorted({k for (_, k, _) in curves}) or [0]
     fig, axes = plt.subplots(len(inits), len(ks), figsize=(5.0 * len(ks), 4.0 * len(inits)), squeeze=False)
+    if not curves:  # a report written before any grid run finished
+        axes[0][0].text(0.5, 0.5, "no grid run has finished yet", ha="center", va="center")
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {s: palette[i % len(palette)] for i, s in enumerate(strategies)}
     for row, init in enumerate(inits):
@@ -31,6 +33,8 @@ def plot_curves(curves: dict[tuple, Curves], strategies: list[str], resamples: i
                 style = {"lw": 2.2, "zorder": 3} if s == "rad" else {"lw": 1.1}
                 ax.plot(c.tokens, mean, "o-", ms=2.5, color=colors[s], label=f"{s} ({len(c.seeds)} seeds)", **style)
                 ax.fill_between(c.tokens, lo, hi, color=colors[s], alpha=0.15, lw=0)
+            if not ax.lines:
+                continue
             ax.set_yscale("log")
             ax.set_xlabel("training tokens")
             ax.set_ylabel("held-out KL(teacher || student)")

@@ -54,7 +54,7 @@ def test_quick_study_artefacts_are_consistent(tmp_path):
     assert "rad study --config" in md and "--quick" in md and "compute time" in md and "## Verdict" in md
 
     # the kept LR of each strategy: the lowest mean training loss over the last quarter of its sweep run
-    for strategy in ("rad", "bi"):
+    for strategy in ("rad", "uniform-keep0"):
         tails = {}
         for r in rows:
             if r.get("phase") == "lr sweep" and r["strategy"] == strategy:
@@ -63,19 +63,18 @@ def test_quick_study_artefacts_are_consistent(tmp_path):
         kept = min(tails, key=tails.get)
         grid = {r["peak_lr"] for r in rows if r["strategy"] == strategy and r.get("phase") != "lr sweep"}
         assert grid == {kept} and re.search(rf"\| {strategy} \| rad_zero \| .*\| {kept:.0e} \|", md)
-    # the layers: rad = the evidence's k=4 search, bi = the 4 lowest block influences
-    layers = {s: {tuple(r["layers"]) for r in rows if r["strategy"] == s} for s in ("rad", "bi")}
-    assert layers["rad"] == {tuple(sorted(probe["searches"]["4"]["chosen"]["skip"]))}
-    bi = probe["redundancy"]["bi"]
-    assert layers["bi"] == {tuple(sorted(int(b) for b in sorted(bi, key=lambda b: (bi[b], int(b)))[:4]))}
+    # the layers: rad = the evidence's k=4 search, uniform-keep0 = the end of each quarter of the 30 layers
+    layers = {s: {tuple(r["layers"]) for r in rows if r["strategy"] == s} for s in ("rad", "uniform-keep0")}
+    assert layers["rad"] == {tuple(sorted(probe["chosen"]["skip"]))} and layers["uniform-keep0"] == {(6, 14, 21, 29)}
     # end points and the ratio, recomputed from the JSONL
     tokens, rad_kl = _kl(rows, "rad")
-    _, bi_kl = _kl(rows, "bi")
+    _, base_kl = _kl(rows, "uniform-keep0")
     assert f"| 4 | rad_zero | rad | 0 | {rad_kl[0]:.3f} [" in md and f"| {rad_kl[-1]:.3f} [" in md
-    t_base, t_rad = _stay(tokens, bi_kl, bi_kl[-1]), _stay(tokens, rad_kl, bi_kl[-1])
+    t_base, t_rad = _stay(tokens, base_kl, base_kl[-1]), _stay(tokens, rad_kl, base_kl[-1])
     ratio = "n/r" if t_rad is None else "∞" if t_rad == 0 and t_base > 0 else "1.00" if t_rad == 0 else \
         f"{t_base / t_rad:.2f}"
-    assert re.search(rf"\| 4 \| rad_zero \| bi \| 0 \| {bi_kl[-1]:.3f} \[.*\| {re.escape(ratio)} \[", md), md[-3000:]
+    assert re.search(rf"\| 4 \| rad_zero \| uniform-keep0 \| 0 \| {base_kl[-1]:.3f} \[.*\| {re.escape(ratio)} \[", md), \
+        md[-3000:]
 
     again = rad(*args, "--max-runs", "0", timeout=1800)
     assert again.returncode == 0 and "run (" not in again.stdout, again.stderr[-2000:]

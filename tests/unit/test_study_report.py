@@ -140,3 +140,14 @@ def test_accuracy_summary_averages_scored_seeds_per_strategy():
     assert "| 4 | mil | 0.030 (2) | 0.010 (1) |" in text  # rad: mean of two seeds; uniform: one scored
     assert f"= {math.sqrt(0.07 / 3 * (1 - 0.07 / 3) / 200):.3f} at the students' mean p = 0.023" in text
     assert text.index("| teacher | 200 | 0.030 | 0.000 |") < text.index("| rad-k4-mil-s0 |")
+
+
+def test_report_of_a_folder_without_finished_grid_runs(tmp_path):
+    from rad_megatron.study.config import StudyConfig
+    from rad_megatron.study.report import write_report
+
+    cfg = StudyConfig(strategies=["rad", "uniform"], ks=[4], inits=["mil"], report_name="conv", bootstrap=10)
+    plan = {"grid": [], "grid_planned": 2, "grid_done": 0, "sweep_planned": 0, "sweep_done": 0, "lr": []}
+    md = write_report(tmp_path, cfg, "rad study", plan, {}, [], [], {}, {})
+    assert "grid runs finished: 0 of 2" in md.read_text() and "No (k, init) has finished" in md.read_text()
+    assert (tmp_path / "conv.png").read_bytes()[:4] == b"\x89PNG"
