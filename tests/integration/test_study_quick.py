@@ -45,8 +45,9 @@ def test_quick_study_artefacts_are_consistent(tmp_path):
 
     second = rad(*args, timeout=1800)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert sweep[0] not in second.stdout and (out / "runs" / "sweep" / sweep[0] / "metrics.jsonl").stat().st_mtime_ns \
-        == stamp  # finished runs are not redone
+    started = [ln for ln in second.stdout.splitlines() if ln.startswith("sweep run")]
+    assert len(started) == 1 and sweep[0] not in started[0]  # finished runs are not redone
+    assert (out / "runs" / "sweep" / sweep[0] / "metrics.jsonl").stat().st_mtime_ns == stamp
     md = (out / "convergence_v2.md").read_text()
     rows = [json.loads(ln) for ln in (out / "convergence_v2.jsonl").read_text().splitlines()]
     probe = json.loads((out / "convergence_v2_probe.json").read_text())
