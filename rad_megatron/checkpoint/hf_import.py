@@ -13,9 +13,10 @@ from rad_megatron.model import build_model
 
 
 def model_from_hf(source: HFSource, tp: int = 1, tp_rank: int = 0, dtype=torch.float32, layout=None,
-                  pg_collection=None, pp: int = 1):
+                  pg_collection=None, pp: int = 1, **build):
     """Build the Megatron model for `source`'s config and load its weights; returns (model, ModelConfig).
-    With pp > 1 the model is this rank's pipeline stage (for saving a checkpoint at that PP size)."""
+    With pp > 1 the model is this rank's pipeline stage (for saving a checkpoint at that PP size); `build` holds
+    build_model's other runtime options (recompute, sequence_parallel)."""
     if is_mil_folder(source.folder):
         cfg = config_from_mil(source.config(), read_mil_config(source.folder))
     else:
@@ -23,6 +24,6 @@ def model_from_hf(source: HFSource, tp: int = 1, tp_rank: int = 0, dtype=torch.f
     if layout is not None:
         cfg.layout = list(layout)
         cfg.__post_init__()
-    model = build_model(cfg, tp=tp, dtype=dtype, pg_collection=pg_collection, pp=pp)
+    model = build_model(cfg, tp=tp, dtype=dtype, pg_collection=pg_collection, pp=pp, **build)
     load_full_state_dict(model, hf_to_mcore(source.state_dict(), cfg), tp, tp_rank)
     return model.eval(), cfg

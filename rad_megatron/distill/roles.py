@@ -8,23 +8,24 @@ with that ProcessGroupCollection. Teacher replica j serves student replicas r wi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from rad_megatron.errors import RadError
+from rad_megatron.validation import rules
 
 
 @dataclass
 class RoleLayout:
     """How many ranks teach and how each side is tensor-parallel."""
 
-    teacher_ranks: int = 1
+    teacher_ranks: int = field(default=1, metadata=rules(ge=1))
     """Ranks running the teacher (placed after the student ranks)."""
-    teacher_tp: int = 1
+    teacher_tp: int = field(default=1, metadata=rules(ge=1))
     """Tensor-parallel size of each teacher replica."""
-    student_tp: int = 1
+    student_tp: int = field(default=1, metadata=rules(ge=1))
     """Tensor-parallel size of each student replica; the remaining student ranks are data-parallel."""
 
 
@@ -90,7 +91,7 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
     if T % layout.teacher_tp:
         raise RadError(f"distill.roles.teacher_tp={layout.teacher_tp} does not divide teacher_ranks={T}")
     timeout = collective_timeout(timeout_minutes, env)
-    device, backend = select_device(local_rank)
+    device, backend = select_device(local_rank, env)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
     if parallel_state.model_parallel_is_initialized():  # e.g. after the pipeline's probe phase

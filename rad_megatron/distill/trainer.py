@@ -18,24 +18,27 @@ from pathlib import Path
 import torch
 
 from rad_megatron.data.datasets import ResumableSampler
+from rad_megatron.distill.guard import NonFiniteGuard, nonfinite_quantity
 from rad_megatron.distill.losses import LossWeights, distill_loss
 from rad_megatron.distill.optim import OptimConfig, StageOptimizer
+from rad_megatron.distill.peers import meet_before_save
 from rad_megatron.distill.schedule import events, replica_slice
 from rad_megatron.distill.stream import StreamConfig, StudentReceiver, TeacherSender, teacher_targets
 from rad_megatron.distill.targeting import Stage, apply_targeting
-from rad_megatron.errors import RadError
-from rad_megatron.model.forward import position_ids_for
+from rad_megatron.errors import RadError, RunStopped
+from rad_megatron.model.forward import forward_logits
+from rad_megatron.validation import resume_view, rules
 
 
 @dataclass
 class TrainConfig:
     """A distillation run."""
 
-    stages: list[Stage] = field(default_factory=lambda: [Stage()])
+    stages: list[Stage] = field(default_factory=lambda: [Stage()], metadata=rules(min_len=1))
     """Progressive schedule; each stage has its trainable group, steps and LR."""
-    micro_batch_size: int = 1
+    micro_batch_size: int = field(default=1, metadata=rules(ge=1))
     """Sequences per micro-batch per student replica."""
-    grad_accum: int = 1
+    grad_accum: int = field(default=1, metadata=rules(ge=1))
     """Micro-batches per optimizer step."""
     loss: LossWeights = field(default_factory=LossWeights)
     """Loss mix and temperature."""
@@ -43,14 +46,17 @@ class TrainConfig:
     """What the teacher sends and how far ahead it runs."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer settings."""
-    eval_every: int = 0
+    eval_every: int = field(default=0, metadata=rules(ge=0))
     """Held-out evaluation every N steps (always at step 0 and at the end)."""
-    eval_batch_size: int = 4
+    eval_batch_size: int = field(default=4, metadata=rules(ge=1))
     """Held-out examples per evaluation micro-batch."""
-    save_every: int = 0
+    save_every: int = field(default=0, metadata=rules(ge=0))
     """Checkpoint every N steps (always at the end)."""
-    seed: int = 1234
+    seed: int = field(default=1234, metadata=rules(ge=0))
     """Seed of everything random in training."""
+    skip_nonfinite: int = field(default=0, metadata=rules(ge=0, resume=False))
+    """Optimizer steps whose loss or gradient norm is not finite that may be skipped (logged, no update) before the
+    run stops; 0: the first one stops the run (the last checkpoint is kept, nothing is written after it)."""
 
     def __post_init__(self):
         self.stages = [Stage(**s) if isinstance(s, dict) else s for s in self.stages]
@@ -134,6 +140,7 @@ def run_teacher(role, model, cfg: TrainConfig, train, held, out: Path, start_ste
                             else 1000 + ev.micro, b["input_ids"], vals, idx, nll, tok)
         last_of_step = n + 1 == len(evs) or evs[n + 1].step != ev.step
         if last_of_step and ev.step in saves and ev.step > start_step:
+            meet_before_save(role, ev.step, cfg.stream.timeout_s)
             save_model(None, Path(out) / "checkpoints" / f"step_{ev.step:06d}", force=True)
         if last_of_step and stop_after is not None and ev.step >= stop_after:
             break
@@ -157,6 +164,7 @@ class StudentTrainer:
         self.stage_idx = -1
         self.optimizer = None
         self.tb = None
+        self.guard = NonFiniteGuard(cfg.skip_nonfinite)
         self.vocab = model.rad_config.vocab_size
         self.vocab_start = role.tp_rank * model.embedding.word_embeddings.weight.shape[0]
         from megatron.core import parallel_state
@@ -188,8 +196,8 @@ class StudentTrainer:
 
     # ---- one micro-batch ---------------------------------------------------------------------------------------
     def _loss(self, b, step, micro, weights, module=None):
-        logits = (module or self.model)(input_ids=b["input_ids"], position_ids=position_ids_for(b["input_ids"]),
-                            attention_mask=None)
+        # vocab-parallel logits; under sequence parallelism a length TP does not divide is padded (forward_logits)
+        logits = forward_logits(module or self.model, b["input_ids"], gather=False)
         vals, idx, tnll, ttok = self.receiver.receive(step, micro, b["input_ids"])
         if idx is None:  # the whole vocabulary was sent: index it like a top-k with k = V
             idx = torch.arange(vals.shape[-1], device=vals.device).expand(vals.shape)
@@ -243,9 +251,9 @@ class StudentTrainer:
                 terms_sum["loss"] = terms_sum.get("loss", 0.0) + loss.item() / cfg.grad_accum
                 for k, v in terms.items():
                     terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum
-            lr, norm = self.optimizer.step()
+            lr, norm, skipped = self._update(step, terms_sum["loss"], bar)
             dt = time.perf_counter() - t0
-            rec = {"step": step, "stage": stage.name, "lr": lr, "grad_norm": norm, **terms_sum,
+            rec = {"step": step, "stage": stage.name, "lr": lr, "grad_norm": norm, **terms_sum, **skipped,
                    "tokens_per_s": per_step * self.train_data["input_ids"].shape[1] / dt,
                    "student_wait_s": self.receiver.wait_s - wait0,
                    "bytes_received": self.receiver.bytes_received - bytes0}
@@ -265,19 +273,40 @@ class StudentTrainer:
         self.model.eval()
         return records
 
+    def _update(self, step: int, loss: float, bar):
+        """The optimizer step behind the non-finite guard: (lr, grad norm, {} or the skip's record fields)."""
+        def last():
+            ckpt = latest_checkpoint(self.out)
+            return ckpt.name if ckpt is not None else None
+
+        quantity = nonfinite_quantity(loss, self.optimizer.ddp, self.role.student_group, self.role.device)
+        if quantity is not None:  # skipped (logged) or RunStopped
+            self.guard.bad_step(step, quantity, last(), log=bar.write if self.role.is_main else lambda _: None)
+            return None, None, {"skipped_nonfinite": quantity}
+        lr, norm = self.optimizer.step()
+        if self.cfg.optim.clip_grad > 0 and not math.isfinite(norm):  # Megatron measures the norm when it clips
+            self.guard.after_update(step, norm, last())
+        return lr, norm, {}
+
     def _log(self, rec: dict) -> dict:
         if self.role.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if self.tb is None:
-                from torch.utils.tensorboard import SummaryWriter
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if self.tb is None:
+                    from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.out / "tensorboard"))
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, rec["step"])
-            self.tb.flush()
+                    self.tb = SummaryWriter(str(self.out / "tensorboard"))
+                for k, v in rec.items():
+                    if isinstance(v, (int, float)) and k != "step":
+                        self.tb.add_scalar(k, v, rec["step"])
+                self.tb.flush()
+            except OSError as e:
+                from rad_megatron.faults import describe_failure
+
+                raise RunStopped(f"cannot append to '{self.out / 'metrics.jsonl'}' in folder '{self.out}': "
+                                 f"{describe_failure(e, self.out)}; the last checkpoint is kept") from None
         return rec
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
@@ -285,8 +314,10 @@ class StudentTrainer:
         from rad_megatron.checkpoint.store import save_model
 
         path = self.out / "checkpoints" / f"step_{step:06d}"
+        meet_before_save(self.role, step, self.cfg.stream.timeout_s)
         state = {"step": step, "stage_idx": self.stage_idx, "optimizer": self.optimizer.state_dict(),
-                 "sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state()}
+                 "sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "nonfinite_skipped": self.guard.skipped}
         meta = {**self.meta, "train": {"step": step, "config": json.loads(json.dumps(asdict(self.cfg))),
                                        "new_layers": self.new_layers}}
         save_model(self.model, path, metadata=meta, force=True, tokenizer=self.tokenizer,
@@ -302,13 +333,28 @@ class StudentTrainer:
         return f"tp{self.role.tp_rank}_dp{self.role.dp_rank}"
 
     def load_state(self, path: Path) -> int:
-        state = torch.load(Path(path) / "train_state" / f"{self._state_name()}.pt", weights_only=False)
+        state = load_train_state(Path(path) / "train_state" / f"{self._state_name()}.pt")
+        self.guard.skipped = state.get("nonfinite_skipped", 0)
         self._enter_stage(state["stage_idx"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
         return self.step
+
+
+def load_train_state(f: Path) -> dict:
+    """One rank's training state, or one line naming the file that is missing or unreadable."""
+    from rad_megatron.files import torch_load
+
+    if not f.is_file():
+        raise RadError(f"--resume: '{f}' is missing; this rank's training state is saved per TP x DP rank, so resume "
+                       f"with the layout the checkpoint was written with (distill.roles and the launched ranks)")
+    state = torch_load(f, "--resume: training state", "resume from an earlier checkpoint (checkpoints/step_*) or "
+                                                       "start the run again")
+    if not isinstance(state, dict) or "step" not in state:
+        raise RadError(f"--resume: '{f}' is not a rad_megatron training state; resume from another checkpoint")
+    return state
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -319,8 +365,9 @@ def latest_checkpoint(out: Path) -> Path | None:
 def check_resume_config(path: Path, cfg: TrainConfig):
     from rad_megatron.checkpoint.store import read_meta
 
-    saved = read_meta(path).get("train", {}).get("config")
-    now = json.loads(json.dumps(asdict(cfg)))
+    # fields that may change on resume (deadlines, the non-finite allowance) are left out of the comparison
+    saved = resume_view(TrainConfig, read_meta(path).get("train", {}).get("config") or {})
+    now = resume_view(TrainConfig, json.loads(json.dumps(asdict(cfg))))
     if saved != now:
         diff = sorted(k for k in set(saved or {}) | set(now) if (saved or {}).get(k) != now.get(k))
         raise RadError(f"--resume {path}: the checkpoint was written with a different distill config "

@@ -13,7 +13,6 @@ one right-padded forward per batch, generations on our batched KV/SSM-cache engi
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -54,13 +53,14 @@ class RadLM(TemplateLM):
         if unknown:
             raise RadError(f"unknown --model_args {', '.join(sorted(unknown))} for rad_megatron; "
                            f"known: {', '.join(MODEL_ARGS)}")
-        from rad_megatron.commands.common import load_model_and_tokenizer, start
+        from rad_megatron.distributed.init import init_launched
+        from rad_megatron.sources import load_model_and_tokenizer
 
-        self.ctx = start(int(tp) if tp else None, seed=int(seed))
+        self.ctx = init_launched(int(tp) if tp else None, seed=int(seed))
         if self.ctx.dp != 1:
             raise RadError(f"tp={self.ctx.tp} on {self.ctx.world_size} ranks: evaluation runs one model over all "
                            f"ranks; launch torchrun --nproc-per-node {self.ctx.tp} (or set tp to the world size)")
-        model, tokenizer = load_model_and_tokenizer(SimpleNamespace(ckpt=ckpt, hf=hf), self.ctx)
+        model, tokenizer = load_model_and_tokenizer(ckpt, hf, self.ctx)
         self._setup(model, tokenizer, str(ckpt or model.rad_meta.get("source")), batch_size, max_length,
                     max_gen_toks, seed)
 

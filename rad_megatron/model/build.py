@@ -22,14 +22,36 @@ def padded_vocab_size(vocab_size: int, tp: int) -> int:
     return -(-vocab_size // tp) * tp
 
 
-def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, dtype=torch.float32) -> TransformerConfig:
+RECOMPUTE = ("none", "selective", "full")
+
+
+def recompute_fields(recompute: str, num_layers: int) -> dict:
+    """Megatron's activation-recompute settings for `recompute` (settings.SystemSection.recompute).
+
+    selective: the core attention of every attention layer is recomputed in the backward pass (Megatron's default
+    selective module; Megatron does nothing for Mamba layers under selective, our mixer recomputes its torch SSD
+    scan: HybridMambaMixer._recompute_scan); full: every hybrid layer (Mamba, attention, MLP) keeps only its input
+    and is recomputed, one layer per checkpoint ("uniform" over chunks of 1 layer, HybridStack's
+    checkpointed_forward)."""
+    if recompute not in RECOMPUTE:
+        raise RadError(f"system.recompute='{recompute}' is not one of {', '.join(RECOMPUTE)}")
+    if recompute == "none":
+        return {}
+    if recompute == "selective":
+        return {"recompute_granularity": "selective"}
+    return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+
+
+def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, dtype=torch.float32, recompute: str = "none",
+                       sequence_parallel: bool = False) -> TransformerConfig:
     m = cfg.mamba_shape()
     return TransformerConfig(
         num_layers=2 * cfg.num_layers, hidden_size=cfg.hidden_size, ffn_hidden_size=cfg.intermediate_size,
         num_attention_heads=cfg.num_attention_heads, num_query_groups=cfg.num_kv_heads, kv_channels=cfg.kv_channels,
         normalization="RMSNorm", layernorm_epsilon=cfg.rms_norm_eps, gated_linear_unit=True, activation_func=F.silu,
         add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=False,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        sequence_parallel=sequence_parallel and tp > 1, **recompute_fields(recompute, 2 * cfg.num_layers),
         pipeline_dtype=dtype if pp > 1 else None,
         params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         use_cpu_initialization=True, persist_layer_norm=False, bias_dropout_fusion=False,
@@ -44,7 +66,8 @@ def _mixer_params(cfg: ModelConfig) -> dict:
 
 
 def build_model(cfg: ModelConfig, tp: int = 1, dtype=torch.float32, use_te: bool | None = None,
-                device: torch.device | str = "cpu", pg_collection=None, pp: int = 1) -> HybridModel:
+                device: torch.device | str = "cpu", pg_collection=None, pp: int = 1, recompute: str = "none",
+                sequence_parallel: bool = False) -> HybridModel:
     """Build this rank's shard of the hybrid model (Megatron parallel state must be initialised for `tp`, `pp`).
 
     Weights are random (seeded identically on every rank by init_distributed); load real ones with
@@ -52,6 +75,8 @@ def build_model(cfg: ModelConfig, tp: int = 1, dtype=torch.float32, use_te: bool
     With pp > 1 this rank holds one pipeline stage (Megatron splits the 2L hybrid layers evenly; the first stage
     has the embedding, the last the final norm and output layer). Only checkpoint conversion uses pp > 1:
     forward_logits and the commands built on it run the whole model on one stage.
+    `recompute` (none | selective | full) and `sequence_parallel` (with tp > 1) are Megatron's own training-time
+    options (see recompute_fields); they change memory, never the numbers.
     """
     cfg.check_parallel(tp)
     if pp > 1 and (2 * cfg.num_layers) % pp:
@@ -60,7 +85,8 @@ def build_model(cfg: ModelConfig, tp: int = 1, dtype=torch.float32, use_te: bool
     use_te = te_available() if use_te is None else use_te
     spec = hybrid_spec(use_te)
     spec.submodules.mamba_layer.submodules.mixer.params = _mixer_params(cfg)
-    tcfg = transformer_config(cfg, tp=tp, pp=pp, dtype=dtype)
+    tcfg = transformer_config(cfg, tp=tp, pp=pp, dtype=dtype, recompute=recompute,
+                              sequence_parallel=sequence_parallel)
     first, last = _pipeline_stage(pp)
     # A tied output layer on the last stage is synchronised from the first with a `.cuda()` copy inside
     # HybridModel.__init__; on CPU that copy needs Megatron's CUDA-on-CPU mode (a no-op on GPU and at pp=1).

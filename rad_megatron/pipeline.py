@@ -1,4 +1,5 @@
-"""The main job: probe -> swap -> targeted self-distillation -> held-out evaluation -> report folder."""
+"""The main job (`rad pipeline`): probe -> swap -> targeted self-distillation -> held-out evaluation -> report
+folder. A library call, so that the command stays a parser and other drivers (SLURM, notebooks) can run it."""
 
 from __future__ import annotations
 
@@ -9,22 +10,21 @@ from pathlib import Path
 import torch.distributed as dist
 
 from rad_megatron.errors import RadError
+from rad_megatron.sources import load_source as _load
+from rad_megatron.sources import prepare_sources
 
 
 def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None) -> int:
     from megatron.core import parallel_state
 
-    from rad_megatron.commands.distill import _load, _prepare_sources
     from rad_megatron.distill.roles import init_roles
     from rad_megatron.distill.run import run_distill
     from rad_megatron.distributed import ParallelConfig, init_distributed
     from rad_megatron.swap import swap_attention_to_mamba
 
-    out = Path(cfg.out)
-    if (out / "metrics.jsonl").exists() and not resume:
-        raise RadError(f"run folder '{out}' already holds a run; pass --resume to continue it or choose another --out")
+    out = Path(cfg.out)  # the command checked it (rad_megatron.run_folder) before anything was written
     t0 = time.perf_counter()
-    _prepare_sources(cfg)
+    prepare_sources(cfg.model, cfg.distill.teacher)
     ctx = init_distributed(ParallelConfig(tp=1, seed=train_cfg.seed))
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,6 @@ def _probe(cfg, ctx, path: Path, resume: bool) -> list[int]:
     """The layers swap.strategy picks (study.strategies): from the probe's report, which `rad` / `worst` / `kl` /
     `bi` / `attn-sim` need (the probe runs here, or a resumed pipeline re-reads it); `uniform`, `uniform-keep0` and
     `random` need no probe."""
-    from rad_megatron.commands.distill import _load
     from rad_megatron.study.strategies import NEEDS_PROBE, STRATEGIES, ProbeEvidence, select_layers
 
     strategy, k = cfg.swap.strategy, cfg.probe.k
@@ -73,7 +72,6 @@ def _probe(cfg, ctx, path: Path, resume: bool) -> list[int]:
 
 
 def _run_probe(cfg, ctx, path: Path) -> dict:
-    from rad_megatron.commands.distill import _load
     from rad_megatron.data.prompts import encode_prompts, read_prompts
     from rad_megatron.probe.report import plot_probe, write_json_atomic
     from rad_megatron.probe.run import run_probe
