@@ -163,12 +163,13 @@ class StudyConfig:
         t = self.train
         if not t.lr_sweep:
             return
-        missing = [i for i in self.inits if not t.lr_sweep.get(i)]
         unknown = [i for i in t.lr_sweep if i not in INITS]
-        if missing or unknown:
-            raise RadError(f"config.train.lr_sweep={t.lr_sweep}: give a non-empty list of learning rates for every "
-                           f"init in {self.inits}, keyed by inits among {', '.join(INITS)} (e.g. "
-                           f"{{rad_zero: [3.0e-5, 1.0e-4]}})")
+        if unknown:
+            raise RadError(f"config.train.lr_sweep: '{unknown[0]}' is not an init; keys must be among {', '.join(INITS)}")
+        missing = [i for i in self.inits if not t.lr_sweep.get(i)]
+        if missing:
+            raise RadError(f"config.train.lr_sweep: no learning rates for init {missing[0]}; give a non-empty list for "
+                           f"every init in {self.inits} (e.g. {{rad_zero: [3.0e-5, 1.0e-4]}})")
         if t.lr_sweep_k is not None and t.lr_sweep_k not in self.ks:
             raise RadError(f"config.train.lr_sweep_k={t.lr_sweep_k} must be one of ks {self.ks}")
 
