@@ -49,7 +49,7 @@ def _markdown(result: dict, command: str) -> str:
     lines = ["# Is the demo probe's choice stable across prompt subsets?", "", "```bash", command, "```", "",
              f"SmolLM2-135M-Instruct, the demo's probe settings: {s['num_prompts']} GSM8K test prompts per subset "
              f"(disjoint pairs), {s['max_new_tokens']} new tokens, draft length {s['draft_len']}, k={s['k']}, "
-             f"{s['trials']} search trials per objective.", "",
+             f"{s['trials']} search trials per objective; prompts 0-1 are `make demo`'s own.", "",
              *([f"Measured as {result['measured_as']}.", ""] if "measured_as" in result else []),
              "| prompts | layers tied at the top (greedy) | distinct per-layer scores: greedy / with alpha | "
              + " | ".join(f"{o}: per-layer top-{s['k']} | {o}: chosen" for o in OBJECTIVES) + " |",
