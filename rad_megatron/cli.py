@@ -30,10 +30,12 @@ def _add_swap(sub):
     p.add_argument("--ckpt", default=None, help="rad_megatron checkpoint to start from")
     p.add_argument("--hf", default=None, help="or an HF Llama / MIL folder or .gguf to start from")
     p.add_argument("--layers", default=None, help="comma-separated layer indices, e.g. 3,7,12")
-    p.add_argument("--strategy", default=None, choices=["rad", "uniform", "random", "worst", "kl"],
-                   help="or pick --k layers: rad|worst|kl read --probe; uniform (MIL), random (--seed) need none")
+    p.add_argument("--strategy", default=None,
+                   choices=["rad", "uniform", "uniform-keep0", "random", "worst", "kl", "bi", "attn-sim"],
+                   help="or pick --k layers: rad|worst|kl|bi|attn-sim read --probe; uniform (MIL), uniform-keep0, "
+                        "random (--seed) need none")
     p.add_argument("--k", type=int, default=None, help="number of layers --strategy picks")
-    p.add_argument("--probe", default=None, help="probe.json for --strategy rad|worst|kl")
+    p.add_argument("--probe", default=None, help="probe.json for --strategy rad|worst|kl|bi|attn-sim")
     p.add_argument("--init", default="rad_zero", choices=["mil", "rad_zero", "random"])
     p.add_argument("--out", required=True, help="output checkpoint folder (must be new or empty)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
