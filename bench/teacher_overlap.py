@@ -5,7 +5,13 @@ forward + backward + optimizer step with targets already in memory, alone), and 
 with targets received from the live teacher). Prints R = t_step / max(t_teacher, t_student) (goal <= 1.05) and the
 bytes sent per token for top-k vs the full vocabulary.
 
+--cached adds, in the same run, the offline teacher cache: the teacher rank writes the same micro-batches' targets
+to a cache (distill.teacher_cache.write_targets), and the student steps again reading them from it (the student
+alone, no teacher running): R_cached = t_cached_step / t_student, the cache's bytes per token, and its read
+throughput (targets read per second, in tokens, page cache warm).
+
     python bench/teacher_overlap.py [--hf PATH] [--seq 128] [--steps 8] [--top-k 64] [--dtype fp32|bf16] [--json F]
+                                    [--cached]
 (it re-launches itself under torchrun with 2 ranks; the default model is SmolLM2-135M-Instruct). Each rank runs on
 its device (init_roles: both on one GPU when there is one, sharing it; timings synchronise the GPU).
 """
@@ -36,7 +42,14 @@ def _args():
     ap.add_argument("--layers", default="5,11,17,23", help="blocks swapped to Mamba in the student")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights and activations of both sides")
     ap.add_argument("--json", default=None, help="the student rank also writes its numbers here")
+    ap.add_argument("--cached", action="store_true", help="also run the student from an offline teacher cache")
+    ap.add_argument("--cache-dir", default="runs/bench_teacher_cache", help="where --cached writes its cache")
     return ap.parse_args()
+
+
+def _micro(a, i):
+    """Sample ids of micro-batch i (the cache's key)."""
+    return list(range(i * a.batch, (i + 1) * a.batch))
 
 
 def _now(device) -> float:
@@ -113,6 +126,8 @@ def worker(a):
                 json.dump({"t_teacher_s": t_t, "t_student_s": t_s, "t_step_s": t_p, "R": t_p / max(t_t, t_s),
                            "student_wait_s_per_step": recv.wait_s / n, "tokens_per_s": a.batch * a.seq / t_p,
                            "device": str(dev), "dtype": a.dtype, "backend": dist.get_backend()}, f)
+        if a.cached:
+            _student_cached(a, n, step, t_s, t_p / max(t_t, t_s), dev)
     else:
         model = model.to(dev)
         alone = []
@@ -127,6 +142,47 @@ def worker(a):
             sender.send(role.student_replica_ranks(0), 1, i, ids[n + i], vals, idx, nll, tok)
         sender.flush()
         dist.broadcast_object_list([statistics.median(alone[2:])], src=role.student_ranks)
+        if a.cached:
+            _teacher_writes_cache(a, model, n, ids, labels, mask, cfg)
+
+
+def _teacher_writes_cache(a, model, n, ids, labels, mask, cfg):
+    import shutil
+
+    import torch.distributed as dist
+
+    from rad_megatron.distill.teacher_cache import write_targets
+
+    shutil.rmtree(a.cache_dir, ignore_errors=True)
+    batches = [(_micro(a, i), {"input_ids": ids[n + i], "labels": labels[n + i], "loss_mask": mask})
+               for i in range(n)]
+    write_targets(model, batches, a.cache_dir, teacher="bench", tokenizer="bench", data="bench", stream=cfg)
+    dist.barrier()
+
+
+def _student_cached(a, n, step, t_student, r_live, dev):
+    import torch.distributed as dist
+
+    from rad_megatron.distill.cache_store import TeacherCache
+
+    dist.barrier()  # the teacher has written the cache
+    cache = TeacherCache(a.cache_dir)
+    piped = []
+    for i in range(n):
+        t0 = _now(dev)
+        t = cache.targets(_micro(a, i))
+        step(n + i, t["values"].to(dev), t["indices"].to(dev))
+        piped.append(_now(dev) - t0)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        for i in range(n):
+            cache.targets(_micro(a, i))
+    read = 3 * n * a.batch * a.seq / (time.perf_counter() - t0)
+    t_c = statistics.median(piped[2:])
+    print(f"cached step      {t_c * 1000:8.1f} ms (targets read from the cache, no teacher running)")
+    print(f"R live = {r_live:.3f}; R cached = t_cached_step / t_student = {t_c / t_student:.3f}")
+    print(f"cache: {cache.dtype.itemsize / a.seq:.0f} bytes per token (top-{a.top_k} float32 values + "
+          f"{cache.manifest['index_dtype']} indices + label log-prob + mask), read {read:,.0f} tokens/s")
 
 
 def main():
@@ -139,7 +195,8 @@ def main():
     sys.path.insert(0, str(ROOT))
     from tests.helpers import free_port
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",  # this checkout's rad_megatron
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
            __file__, *sys.argv[1:]]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)

@@ -46,7 +46,7 @@ def _add_swap(sub):
 
 # Commands that live in their own module under rad_megatron/commands/ and register themselves through
 # `add_parser(sub)` (or `add_parsers(sub)` for a family of commands). Add a module name here to add a command.
-COMMAND_MODULES = ("generate", "probe", "distill", "eval", "convert", "study", "plan")
+COMMAND_MODULES = ("generate", "probe", "distill", "eval", "convert", "study", "plan", "teacher_cache")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -24,7 +24,7 @@ def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None
 
     out = Path(cfg.out)  # the command checked it (rad_megatron.run_folder) before anything was written
     t0 = time.perf_counter()
-    prepare_sources(cfg.model, cfg.distill.teacher)
+    prepare_sources(cfg.model, *([] if cfg.distill.teacher.cache else [cfg.distill.teacher]))
     ctx = init_distributed(ParallelConfig(tp=1, seed=train_cfg.seed))
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,8 @@ def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None
     else:
         teacher = cfg.distill.teacher if (cfg.distill.teacher.hf or cfg.distill.teacher.ckpt) else source
         model, tok, meta = _load(teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group)
-    records = run_distill(role, model, tok, data_cfg, train_cfg, out, sorted(layers), resume, stop_after, meta)
+    records = run_distill(role, model, tok, data_cfg, train_cfg, out, sorted(layers), resume, stop_after, meta,
+                          teacher_cache=cfg.distill.teacher.cache)
     if role.is_main:
         _summary(cfg, out, layers, records, time.perf_counter() - t0, t_probe)
     dist.barrier()

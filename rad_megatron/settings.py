@@ -29,6 +29,9 @@ class ModelSource:
     all `rad plan` needs (no hub access). A relative path is read from the folder of the config file naming it."""
     config: dict = field(default_factory=dict)
     """ModelConfig fields set over `arch` (e.g. the hybrid `layout` of a base model)."""
+    cache: str | None = None
+    """distill.teacher only: an offline teacher cache folder (`rad teacher-cache` writes it there) to train from
+    instead of running the teacher; the run then has no teacher ranks."""
 
 
 @dataclass
@@ -217,9 +220,14 @@ def load_run_config(path, overrides: list[str] = (), sections: bool = True) -> R
     sections' fields to build_train_config & co. (no torch import: for a launcher that only reads `out`)."""
     data = apply_overrides(read_yaml(Path(path)), list(overrides))
     if sections:
-        return from_dict(RunConfig, data, "config")
-    with sections_unchecked():
-        return from_dict(RunConfig, data, "config")
+        cfg = from_dict(RunConfig, data, "config")
+    else:
+        with sections_unchecked():
+            cfg = from_dict(RunConfig, data, "config")
+    if cfg.model.cache:
+        raise RadError(f"model.cache={cfg.model.cache}: only the teacher takes an offline cache; set "
+                       f"distill.teacher.cache instead")
+    return cfg
 
 
 def build_train_config(section: DistillSection):
@@ -231,13 +239,23 @@ def build_train_config(section: DistillSection):
 def build_roles(section: DistillSection):
     from rad_megatron.distill.roles import RoleLayout
 
-    return from_dict(RoleLayout, section.roles, "config.distill.roles")
+    layout = from_dict(RoleLayout, section.roles, "config.distill.roles")
+    if section.teacher.cache:  # the targets are on disk: every rank is a student
+        layout.teacher_ranks = 0
+    elif layout.teacher_ranks == 0:
+        raise RadError("distill.roles.teacher_ranks=0 needs distill.teacher.cache (an offline teacher cache made by "
+                       "rad teacher-cache); give one, or teacher ranks")
+    return layout
 
 
 def build_data_config(data: dict):
     from rad_megatron.data.datasets import DataConfig
+    from rad_megatron.data.loader import sources_of
 
-    return from_dict(DataConfig, data, "config.data")
+    cfg = from_dict(DataConfig, data, "config.data")
+    if cfg.path or cfg.blend:  # a blend is checked before any model loads (`rad plan` needs no data)
+        sources_of(cfg)
+    return cfg
 
 
 def build_model_config(source: ModelSource, where: str = "config.model"):

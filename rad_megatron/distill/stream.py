@@ -75,17 +75,33 @@ def message_bytes(batch, seq, vocab, k) -> int:
 
 
 @torch.no_grad()
-def teacher_targets(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig):
-    """(values, indices or None, nll_sum, tokens) of one micro-batch (full-vocabulary logits gathered over TP)."""
-    logits = forward_logits(model, ids).float()
+def teacher_token_targets(model, ids: torch.Tensor, labels: torch.Tensor, cfg: StreamConfig,
+                          seq_idx: torch.Tensor | None = None):
+    """(values, indices or None, log-probability of each label at T = 1 [b, s]) of one micro-batch (full-vocabulary
+    logits gathered over TP; seq_idx: packed documents, each seen alone)."""
+    logits = forward_logits(model, ids, seq_idx=seq_idx).float()
     # no logits / 1.0: a vocabulary-sized copy for nothing (rad plan's teacher memory counts none at T = 1)
     logp = torch.log_softmax(logits if cfg.temperature == 1.0 else logits / cfg.temperature, -1)
     logp1 = logp if cfg.temperature == 1.0 else torch.log_softmax(logits, -1)
-    nll = -(logp1.gather(-1, labels.unsqueeze(-1)).squeeze(-1) * mask).sum().item()
+    label_logp = logp1.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     if cfg.top_k:
         vals, idx = logp.topk(cfg.top_k, dim=-1)
-        return vals.contiguous(), idx.int().contiguous(), nll, mask.sum().item()
-    return logp.contiguous(), None, nll, mask.sum().item()
+        return vals.contiguous(), idx.int().contiguous(), label_logp
+    return logp.contiguous(), None, label_logp
+
+
+def target_sums(label_logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(teacher nll sum, token count) over the loss-masked tokens of a micro-batch: what each message's header
+    carries (an offline cache recomputes it from stored per-token values with the same reduction)."""
+    return -(label_logp * mask).sum().item(), mask.sum().item()
+
+
+@torch.no_grad()
+def teacher_targets(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig,
+                    seq_idx: torch.Tensor | None = None):
+    """(values, indices or None, nll_sum, tokens) of one micro-batch."""
+    vals, idx, label_logp = teacher_token_targets(model, ids, labels, cfg, seq_idx)
+    return (vals, idx, *target_sums(label_logp, mask))
 
 
 class TeacherSender:

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 
-from rad_megatron.data.datasets import ResumableSampler
 from rad_megatron.distill.guard import NonFiniteGuard, nonfinite_quantity
 from rad_megatron.distill.losses import LossWeights, distill_loss
 from rad_megatron.distill.optim import OptimConfig, StageOptimizer
 from rad_megatron.distill.peers import meet_before_save
-from rad_megatron.distill.schedule import events, replica_slice
+from rad_megatron.distill.schedule import EVAL_MICRO, events, replica_slice
 from rad_megatron.distill.stream import StreamConfig, StudentReceiver, TeacherSender, teacher_targets
 from rad_megatron.distill.targeting import Stage, apply_targeting
 from rad_megatron.errors import RadError, RunStopped
@@ -90,10 +89,6 @@ def lr_at(stage: Stage, optim: OptimConfig, k: int) -> float:
     return stage.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _batch(data, idx):
-    return {k: v[idx] for k, v in data.items()}
-
-
 def _eval_batch(held, i, size):
     return {k: v[i * size:(i + 1) * size] for k, v in held.items()}
 
@@ -114,11 +109,11 @@ def save_steps(cfg: "TrainConfig", stop_after: int | None) -> set[int]:
 def run_teacher(role, model, cfg: TrainConfig, train, held, out: Path, start_step: int = 0,
                 stop_after: int | None = None):
     """Serve every micro-batch of the schedule to the student replicas this teacher replica teaches, and join the
-    students' (collective) checkpoint saves."""
+    students' (collective) checkpoint saves. `train` is a data.loader.TrainData."""
     from rad_megatron.checkpoint.store import save_model
 
     sender = TeacherSender(cfg.stream)
-    sampler = ResumableSampler(train["input_ids"].shape[0], cfg.seed)
+    sampler = train.sampler()
     per_step = role.student_dp * cfg.grad_accum * cfg.micro_batch_size
     sampler.position, sampler.epoch = _sampler_position(sampler, start_step * per_step)
     saves = save_steps(cfg, stop_after)
@@ -130,14 +125,15 @@ def run_teacher(role, model, cfg: TrainConfig, train, held, out: Path, start_ste
             if ev.kind == "train":
                 if current != ev.step:
                     step_indices, current = sampler.take(per_step), ev.step
-                b = _batch(train, replica_slice(step_indices, replica, ev.micro, role.student_dp,
-                                                cfg.micro_batch_size))
+                b = train.batch(replica_slice(step_indices, replica, ev.micro, role.student_dp,
+                                              cfg.micro_batch_size), role.device)
             else:
                 b = _eval_batch(held, ev.micro, cfg.eval_batch_size)
-            vals, idx, nll, tok = teacher_targets(model, b["input_ids"], b["labels"], b["loss_mask"], cfg.stream)
+            vals, idx, nll, tok = teacher_targets(model, b["input_ids"], b["labels"], b["loss_mask"], cfg.stream,
+                                                  seq_idx=b.get("seq_idx"))
             if role.tp_rank == 0:
                 sender.send(role.student_replica_ranks(replica), ev.step, ev.micro if ev.kind == "train"
-                            else 1000 + ev.micro, b["input_ids"], vals, idx, nll, tok)
+                            else EVAL_MICRO + ev.micro, b["input_ids"], vals, idx, nll, tok)
         last_of_step = n + 1 == len(evs) or evs[n + 1].step != ev.step
         if last_of_step and ev.step in saves and ev.step > start_step:
             meet_before_save(role, ev.step, cfg.stream.timeout_s)
@@ -155,11 +151,15 @@ def _sampler_position(sampler, consumed: int):
 
 # ------------------------------------------------------------------------------------------------------ student
 class StudentTrainer:
+    """`train`: a data.loader.TrainData; `teacher_cache`: a distill.cache_store.TeacherCache to read targets from
+    instead of a live teacher."""
+
     def __init__(self, role, model, cfg: TrainConfig, train, held, new_layers: list[int], out: Path, tokenizer=None,
-                 meta: dict | None = None):
+                 meta: dict | None = None, teacher_cache=None):
         self.role, self.model, self.cfg, self.train_data, self.held = role, model, cfg, train, held
         self.new_layers, self.out, self.tokenizer, self.meta = list(new_layers), Path(out), tokenizer, meta or {}
-        self.sampler = ResumableSampler(train["input_ids"].shape[0], cfg.seed)
+        self.teacher_cache = teacher_cache
+        self.sampler = train.sampler()
         self.step = 0
         self.stage_idx = -1
         self.optimizer = None
@@ -182,7 +182,15 @@ class StudentTrainer:
         self.stage_idx = idx
 
     def _receiver(self, start_step):
-        seq = self.train_data["input_ids"].shape[1]
+        """Where teacher targets come from: the live stream, or the offline cache (the same contract)."""
+        if self.teacher_cache is not None:
+            from rad_megatron.distill.cache_store import CachedTargets
+
+            s = self.sampler
+            return CachedTargets(self.teacher_cache, self.role.dp_rank, self.role.dp, self.cfg.grad_accum,
+                                 self.cfg.micro_batch_size, start_step + 1, s.epoch * s.size + s.position,
+                                 device=self.role.device)
+        seq = self.train_data.seq_len
         expected = []
         for e in events(self.cfg.total_steps, self.cfg.grad_accum, self.cfg.eval_every,
                         num_eval_batches(self.held, self.cfg.eval_batch_size), start_step):
@@ -190,14 +198,14 @@ class StudentTrainer:
                 expected.append((e.step, e.micro, self.cfg.micro_batch_size, seq))
             else:
                 b = _eval_batch(self.held, e.micro, self.cfg.eval_batch_size)["input_ids"]
-                expected.append((e.step, 1000 + e.micro, b.shape[0], b.shape[1]))
+                expected.append((e.step, EVAL_MICRO + e.micro, b.shape[0], b.shape[1]))
         return StudentReceiver(self.role.teacher_for(self.role.dp_rank), self.vocab, self.cfg.stream, expected,
                                device=self.role.device)
 
     # ---- one micro-batch ---------------------------------------------------------------------------------------
     def _loss(self, b, step, micro, weights, module=None):
         # vocab-parallel logits; under sequence parallelism a length TP does not divide is padded (forward_logits)
-        logits = forward_logits(module or self.model, b["input_ids"], gather=False)
+        logits = forward_logits(module or self.model, b["input_ids"], gather=False, seq_idx=b.get("seq_idx"))
         vals, idx, tnll, ttok = self.receiver.receive(step, micro, b["input_ids"])
         if idx is None:  # the whole vocabulary was sent: index it like a top-k with k = V
             idx = torch.arange(vals.shape[-1], device=vals.device).expand(vals.shape)
@@ -212,7 +220,7 @@ class StudentTrainer:
         weights = LossWeights(fkl=1.0, rkl=0.0, ce=1.0, temperature=self.cfg.stream.temperature)
         for i in range(num_eval_batches(self.held, self.cfg.eval_batch_size)):
             b = _eval_batch(self.held, i, self.cfg.eval_batch_size)
-            _, terms, tnll, ttok = self._loss(b, step, 1000 + i, weights)
+            _, terms, tnll, ttok = self._loss(b, step, EVAL_MICRO + i, weights)
             n = b["loss_mask"].sum().item()
             kl_sum, nll_sum, tok_sum = kl_sum + terms["fkl"] * n, nll_sum + terms["ce"] * n, tok_sum + n
             t_nll, t_tok = t_nll + tnll, t_tok + ttok
@@ -244,8 +252,8 @@ class StudentTrainer:
             self.optimizer.zero_grad()
             terms_sum: dict = {}
             for m in range(cfg.grad_accum):
-                b = _batch(self.train_data, replica_slice(indices, self.role.dp_rank, m, self.role.dp,
-                                                          cfg.micro_batch_size))
+                b = self.train_data.batch(replica_slice(indices, self.role.dp_rank, m, self.role.dp,
+                                                        cfg.micro_batch_size), self.role.device)
                 loss, terms, _, _ = self._loss(b, step, m, cfg.loss, self.optimizer.ddp)
                 (loss / cfg.grad_accum).backward()
                 terms_sum["loss"] = terms_sum.get("loss", 0.0) + loss.item() / cfg.grad_accum
@@ -254,7 +262,8 @@ class StudentTrainer:
             lr, norm, skipped = self._update(step, terms_sum["loss"], bar)
             dt = time.perf_counter() - t0
             rec = {"step": step, "stage": stage.name, "lr": lr, "grad_norm": norm, **terms_sum, **skipped,
-                   "tokens_per_s": per_step * self.train_data["input_ids"].shape[1] / dt,
+                   "samples": [indices[0], indices[-1] + 1],  # global sample ids [first, end) of this step
+                   "tokens_per_s": per_step * self.train_data.seq_len / dt,
                    "student_wait_s": self.receiver.wait_s - wait0,
                    "bytes_received": self.receiver.bytes_received - bytes0}
             records.append(self._log(rec))

@@ -56,9 +56,9 @@ class MambaRollback:
         original = type(mixer).mix.__get__(mixer)
         key = id(mixer)
 
-        def mix(zxbcdt, conv_state=None, ssm_state=None):
+        def mix(zxbcdt, conv_state=None, ssm_state=None, seq_idx=None):  # seq_idx (packed documents) has no cache
             if conv_state is None or not self._recording:
-                return original(zxbcdt, conv_state, ssm_state)
+                return original(zxbcdt, conv_state, ssm_state, seq_idx=seq_idx)
             self._states[key] = (conv_state, ssm_state)
             log = self._log.setdefault(key, [])
             if self.mode == "recompute":

@@ -7,6 +7,10 @@ SmolLM2 (9 heads, 3 groups) it was half of a decode step on CPU. SDPA reads grou
 query-key layer scaling, sliding windows, attention dropout while training) fall back to Megatron's implementation;
 `DotProductAttention.forward` stays the reference the tests compare against.
 
+RopeCachedSelfAttention also takes packed documents (model.documents: Megatron's PackedSeqParams in the `sbhd` layout
+with a per-token document id): keys and queries are rotated at per-document positions and the core attention gets
+the block-diagonal causal mask, so each document attends only to itself exactly as it would alone.
+
 RopeCachedSelfAttention: with a static inference context Megatron caches keys before RoPE and rotates the whole
 cache again at every step (only its flash-decode path, which needs CUDA kernels, caches rotated keys). Rotation at
 position p depends on p alone, so rotating the new keys once before they are stored gives the same keys.
@@ -19,6 +23,8 @@ import torch.nn.functional as F
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+from rad_megatron.model.documents import document_mask, document_positions, is_document_params, rope_at_positions
 
 
 def _bottom_right_causal(sq: int, sk: int, device) -> torch.Tensor:
@@ -58,7 +64,20 @@ class SDPAAttention(DotProductAttention):
 
 
 class RopeCachedSelfAttention(SelfAttention):
-    """SelfAttention whose static KV cache holds rotated keys, so a decode step rotates one key, not the cache."""
+    """SelfAttention whose static KV cache holds rotated keys, so a decode step rotates one key, not the cache;
+    packed documents (sbhd PackedSeqParams with seq_idx) get per-document RoPE and a block-diagonal mask."""
+
+    def forward(self, hidden_states, attention_mask, *args, rotary_pos_emb=None, packed_seq_params=None, **kwargs):
+        if is_document_params(packed_seq_params):
+            seq_idx = packed_seq_params.seq_idx
+            attention_mask = document_mask(seq_idx)
+            if rotary_pos_emb is not None:
+                both = rotary_pos_emb if isinstance(rotary_pos_emb, tuple) else (rotary_pos_emb, rotary_pos_emb)
+                positions = document_positions(seq_idx)
+                rotary_pos_emb = tuple(None if f is None else rope_at_positions(f, positions) for f in both)
+            packed_seq_params = None  # carried over as the mask and the positions: plain sbhd from here on
+        return super().forward(hidden_states, attention_mask, *args, rotary_pos_emb=rotary_pos_emb,
+                               packed_seq_params=packed_seq_params, **kwargs)
 
     def _adjust_key_value_for_inference(self, inference_context, query, key, value, rotary_pos_emb, *args,
                                         **kwargs):

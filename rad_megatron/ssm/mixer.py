@@ -168,22 +168,27 @@ class HybridMambaMixer(MegatronModule):
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def forward(self, hidden_states, inference_context=None, *, inference_params=None, packed_seq_params=None):
-        """hidden_states [l, b, d_model] -> (out [l, b, d_model], bias None)."""
+        """hidden_states [l, b, d_model] -> (out [l, b, d_model], bias None).
+
+        Packed documents: `packed_seq_params.seq_idx` [b, l] (document id per token; the `thd` layout's [1, total])
+        resets the conv history and the SSM state at every document boundary."""
         inference_context = inference_context if inference_context is not None else inference_params
-        assert packed_seq_params is None, "HybridMambaMixer does not support packed sequences"
+        seq_idx = None if packed_seq_params is None else packed_seq_params.seq_idx
+        assert seq_idx is None or inference_context is None, "packed documents are a training/scoring input"
         zxbcdt, _ = self.in_proj(hidden_states)
         conv_state = ssm_state = None
         if inference_context is not None:
             assert inference_context.is_static_batching(), "HybridMambaMixer supports static batching only"
             conv_state, ssm_state = self._get_states_from_cache(inference_context, hidden_states.shape[1])
-        y = self.mix(zxbcdt.transpose(0, 1), conv_state, ssm_state)
+        y = self.mix(zxbcdt.transpose(0, 1), conv_state, ssm_state, seq_idx=seq_idx)
         out, out_bias = self.out_proj(y.transpose(0, 1).contiguous())
         return out, out_bias
 
-    def mix(self, zxbcdt, conv_state=None, ssm_state=None):
-        """zxbcdt [b, l, in_proj_local] -> y [b, l, d_inner_local]; states (if given) are advanced in place."""
+    def mix(self, zxbcdt, conv_state=None, ssm_state=None, seq_idx=None):
+        """zxbcdt [b, l, in_proj_local] -> y [b, l, d_inner_local]; states (if given) are advanced in place;
+        seq_idx [b, l] (document ids) resets the conv and the scan at document boundaries."""
         z, xBC, dt = torch.split(zxbcdt, [self.in_proj_sizes[0], sum(self.conv_sizes), self.in_proj_sizes[4]], -1)
-        xBC = self._conv(xBC, conv_state)
+        xBC = self._conv(xBC, conv_state) if seq_idx is None else self._conv_documents(xBC, seq_idx)
         x, B, C = torch.split(xBC, self.conv_sizes, dim=-1)
         b, l, _ = x.shape
         h, p, n = self.nheads_local_tp, self.headdim, self.d_state
@@ -194,10 +199,10 @@ class HybridMambaMixer(MegatronModule):
         if ssm_state is not None and l == 1:
             y = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], ssm_state, D=D, dt_bias=self.dt_bias)[:, None]
         elif ssm_state is None and self._recompute_scan(x):
-            y = tensor_parallel.checkpoint(self._scan_output, False, x, dt, A, B, C, D, self.dt_bias)
+            y = tensor_parallel.checkpoint(self._scan_output, False, x, dt, A, B, C, D, self.dt_bias, seq_idx)
         else:
             y, final = ssd_scan(x, dt, A, B, C, self.chunk_size, D=D, dt_bias=self.dt_bias,
-                                initial_state=None if ssm_state is None else ssm_state)
+                                initial_state=None if ssm_state is None else ssm_state, seq_idx=seq_idx)
             if ssm_state is not None:
                 ssm_state.copy_(final)
         if self.D_has_hdim:
@@ -213,8 +218,8 @@ class HybridMambaMixer(MegatronModule):
         return (self.config.recompute_granularity == "selective" and self.training and torch.is_grad_enabled()
                 and not fused_available(x))
 
-    def _scan_output(self, x, dt, A, B, C, D, dt_bias):
-        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=D, dt_bias=dt_bias)[0]
+    def _scan_output(self, x, dt, A, B, C, D, dt_bias, seq_idx=None):
+        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=D, dt_bias=dt_bias, seq_idx=seq_idx)[0]
 
     def _conv(self, xBC, conv_state):
         """Causal depthwise conv + SiLU over [b, l, c]; with a state, continues from its last d_conv inputs."""
@@ -226,6 +231,22 @@ class HybridMambaMixer(MegatronModule):
                                     activation="silu").transpose(1, 2)
         full = torch.cat([xt.new_zeros(xt.shape[0], xt.shape[1], self.d_conv - 1), xt], dim=-1)
         out = F.conv1d(full, self.conv1d_weight, self.conv1d_bias, groups=xt.shape[1])
+        return F.silu(out).transpose(1, 2)
+
+    def _conv_documents(self, xBC, seq_idx):
+        """The causal conv + SiLU with no history across a document boundary: tap `lag` of token t reads token
+        t - lag only when both belong to the same document (causal_conv1d's seq_idx on CUDA, channel-last input;
+        written for CUDA, not run on a GPU here)."""
+        xt = xBC.transpose(1, 2)  # [b, c, l]
+        if causal_conv1d_fn is not None and xt.is_cuda:
+            return causal_conv1d_fn(xt, self.conv1d_weight.squeeze(1), self.conv1d_bias,
+                                    seq_idx=seq_idx.to(torch.int32).contiguous(), activation="silu").transpose(1, 2)
+        w, l = self.conv1d_weight[:, 0].to(xt.dtype), xt.shape[-1]
+        out = self.conv1d_bias.to(xt.dtype)[None, :, None] + w[None, :, -1:] * xt
+        for lag in range(1, min(self.d_conv, l)):
+            same = (seq_idx[:, lag:] == seq_idx[:, :-lag]).to(xt.dtype)[:, None, :]  # [b, 1, l - lag]
+            tap = w[None, :, self.d_conv - 1 - lag, None] * xt[..., :-lag] * same
+            out = out + F.pad(tap, (lag, 0))
         return F.silu(out).transpose(1, 2)
 
     def _conv_with_state(self, xt, conv_state):

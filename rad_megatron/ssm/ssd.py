@@ -7,9 +7,13 @@ Shapes (per-head B and C: group->head expansion happens in the mixer):
     A  [h]              negative decay rates     B, C [b, l, h, n]
     D  [h] or None      skip connection          z  [b, l, h, p] or None: y <- y * silu(z)
     initial_state [b, h, p, n] or None
+    seq_idx [b, l] or None: document id of every token (packed sequences). The state is reset to zero wherever
+        seq_idx changes from one token to the next, so no document sees another's tokens; the initial state
+        belongs to the document of the first token. (mamba_ssm's `seq_idx`, same semantics.)
 Returns y [b, l, h, p] and the final state [b, h, p, n].
 
-The recurrence, per head:  S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,   y_t = S_t C_t + D x_t.
+The recurrence, per head:  S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,   y_t = S_t C_t + D x_t
+(S_{t-1} read as 0 when token t starts a new document).
 """
 
 from __future__ import annotations
@@ -79,9 +83,21 @@ def _segsum(x: torch.Tensor) -> torch.Tensor:
     return seg.masked_fill(~diag_and_below, float("-inf"))
 
 
+def _documents(seq_idx, length: int) -> torch.Tensor:
+    """[b, l] document ids -> [b, length] running count of document starts (length >= l pads with the last
+    document). Equal counts at two positions mean no boundary lies between them, whatever ids the caller used."""
+    starts = torch.zeros(seq_idx.shape, dtype=torch.long, device=seq_idx.device)
+    starts[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
+    docs = starts.cumsum(-1)
+    if length > docs.shape[1]:
+        docs = torch.cat([docs, docs[:, -1:].expand(-1, length - docs.shape[1])], dim=1)
+    return docs
+
+
 def ssd_chunked(x, dt, A, B, C, chunk_size=128, D=None, z=None, dt_bias=None, dt_softplus=True,
-                initial_state=None):
-    """Chunked SSD in pure torch, fp32 inside: O(l * chunk) work, exact (no approximation) up to rounding."""
+                initial_state=None, seq_idx=None):
+    """Chunked SSD in pure torch, fp32 inside: O(l * chunk) work, exact (no approximation) up to rounding.
+    With seq_idx, every decay that would cross a document boundary is zero (masked in log space)."""
     b, l, h, p = x.shape
     n = B.shape[-1]
     dt = _prepare_dt(dt, dt_bias, dt_softplus)
@@ -96,38 +112,55 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=128, D=None, z=None, dt_bias=None, dt
     Bc, Cc = Bs.view(b, c, T, h, n), Cs.view(b, c, T, h, n)
     A_dt = (dt * A.float()).view(b, c, T, h).permute(0, 3, 1, 2)  # [b, h, c, T]
     A_cum = torch.cumsum(A_dt, dim=-1)
+    docs = None if seq_idx is None else _documents(seq_idx, l + pad).view(b, c, T)
+    # end_docs[z]: the document of the state entering chunk z (z = 0: the initial state, the first token's)
+    end_docs = None if docs is None else torch.cat([docs[:, :1, 0], docs[:, :, -1]], dim=1)  # [b, c+1]
 
     # 1. within each chunk: a masked, decayed "attention" of C against B
-    decay = torch.exp(_segsum(A_dt))  # [b, h, c, T, T]
-    scores = torch.einsum("bclhn,bcshn->bhcls", Cc, Bc) * decay
+    log_decay = _segsum(A_dt)  # [b, h, c, T, T]
+    if docs is not None:
+        log_decay = log_decay.masked_fill((docs[..., :, None] != docs[..., None, :])[:, None], float("-inf"))
+    scores = torch.einsum("bclhn,bcshn->bhcls", Cc, Bc) * torch.exp(log_decay)
     y = torch.einsum("bhcls,bcshp->bclhp", scores, X)
 
     # 2. each chunk's contribution to the state at its end
     decay_to_end = torch.exp(A_cum[..., -1:] - A_cum)  # [b, h, c, T]
+    if docs is not None:
+        decay_to_end = decay_to_end * (docs == docs[..., -1:])[:, None]
     chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bc, decay_to_end, X)
 
     # 3. carry states across chunks (c is small: l / chunk)
     h0 = torch.zeros(b, 1, h, p, n, dtype=torch.float32, device=x.device) if initial_state is None \
         else initial_state.float()[:, None]
     states = torch.cat([h0, chunk_states], dim=1)  # [b, c+1, h, p, n]
-    chunk_decay = torch.exp(_segsum(F.pad(A_cum[..., -1], (1, 0))))  # [b, h, c+1, c+1]
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
+    log_chunk_decay = _segsum(F.pad(A_cum[..., -1], (1, 0)))  # [b, h, c+1, c+1]
+    if end_docs is not None:
+        log_chunk_decay = log_chunk_decay.masked_fill((end_docs[:, :, None] != end_docs[:, None, :])[:, None],
+                                                      float("-inf"))
+    states = torch.einsum("bhzc,bchpn->bzhpn", torch.exp(log_chunk_decay), states)
     entering, final_state = states[:, :-1], states[:, -1]
 
     # 4. the state entering each chunk, read out by C with the decay inside the chunk
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, entering, torch.exp(A_cum))
+    decay_in = torch.exp(A_cum)
+    if docs is not None:
+        decay_in = decay_in * (docs == end_docs[:, :-1, None])[:, None]
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, entering, decay_in)
     y = y.reshape(b, c * T, h, p)[:, :l]
     return _finish(y, x, D, z), final_state
 
 
-def ssd_sequential_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, initial_state=None):
-    """The recurrence one token at a time (fp32). Slow; the reference the chunked scan is tested against."""
+def ssd_sequential_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, initial_state=None,
+                       seq_idx=None):
+    """The recurrence one token at a time (fp32). Slow; the reference the chunked scan is tested against.
+    With seq_idx the state is zeroed before each token that starts a new document."""
     b, l, h, p = x.shape
     dt = _prepare_dt(dt, dt_bias, dt_softplus)
     state = torch.zeros(b, h, p, B.shape[-1], dtype=torch.float32, device=x.device) if initial_state is None \
         else initial_state.float().clone()
     ys = []
     for t in range(l):
+        if seq_idx is not None and t > 0:
+            state = state * (seq_idx[:, t] == seq_idx[:, t - 1]).float()[:, None, None, None]
         y_t, state = _step(x[:, t].float(), dt[:, t], A.float(), B[:, t].float(), C[:, t].float(), state)
         ys.append(y_t)
     y = torch.stack(ys, dim=1) if ys else x.new_zeros(b, 0, h, p, dtype=torch.float32)
@@ -164,11 +197,15 @@ def fused_available(t: torch.Tensor) -> bool:
     return _mamba_chunk_scan_combined is not None and t.is_cuda
 
 
-def ssd_scan(x, dt, A, B, C, chunk_size=128, D=None, z=None, dt_bias=None, initial_state=None):
-    """The scan the mixer calls: mamba_ssm's fused kernel on CUDA when importable, else the torch chunked SSD."""
+def ssd_scan(x, dt, A, B, C, chunk_size=128, D=None, z=None, dt_bias=None, initial_state=None, seq_idx=None):
+    """The scan the mixer calls: mamba_ssm's fused kernel on CUDA when importable, else the torch chunked SSD.
+    seq_idx (document ids [b, l]) resets the state at document boundaries on both paths (the fused kernel takes
+    int32 ids; written for CUDA, not run on a GPU here)."""
     if fused_available(x):
         y, final = _mamba_chunk_scan_combined(
             x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=True,
-            initial_states=initial_state, return_final_states=True)
+            initial_states=initial_state, seq_idx=None if seq_idx is None else seq_idx.to(torch.int32).contiguous(),
+            return_final_states=True)
         return y, final
-    return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
+    return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                       seq_idx=seq_idx)

@@ -99,8 +99,8 @@ def _teacher(cfg, base, tok, source, out: Path, timings: Timings, log, compute: 
     train, held = build_data(tok, cfg.data)
     t = cfg.train
     orders = {seed: data_order(train["input_ids"].shape[0], seed, t.steps, t.micro_batch_size) for seed in cfg.seeds}
-    cache_file = out / "teacher_cache.pt"
-    fresh = not cache_file.is_file()
+    cache_file = out / "teacher_cache"  # a folder (distill.cache_store), complete once its manifest is written
+    fresh = not (cache_file / "manifest.json").is_file()
     if fresh and not compute:
         raise RadError(f"{cache_file} is missing: no run has started yet, so there is no report to write "
                        f"(--max-runs 0 never computes it; run without it)")

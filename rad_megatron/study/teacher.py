@@ -2,7 +2,8 @@
 
 Every run distills from the same teacher (the original model) on the same sequences, so the teacher's top-k
 log-probabilities for the training sequences any seed draws and for the held-out batches are computed once, saved in
-the study folder and reused: no run pays for a teacher forward, and all runs see bit-identical targets.
+the study folder (an offline teacher cache, the format `rad teacher-cache` writes, through its library API) and
+reused: no run pays for a teacher forward, and all runs see bit-identical targets.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -45,53 +46,44 @@ def _fingerprint(obj) -> str:
     return h.hexdigest()[:20]
 
 
-def _targets(model, ids, labels, mask, top_k):
-    """Top-k teacher targets of one batch, computed on the model's device and kept on the host."""
-    from rad_megatron.distill.stream import StreamConfig, teacher_targets
-
-    dev = next(model.parameters()).device
-    vals, idx, nll, ntok = teacher_targets(model, ids.to(dev), labels.to(dev), mask.to(dev), StreamConfig(top_k=top_k))
-    return vals.cpu(), idx.cpu(), nll, ntok
-
-
 @torch.no_grad()
 def teacher_cache(model, train: dict, held: dict, rows: list[int], top_k: int, eval_batch_size: int, path: Path,
                   source: str, log=print) -> dict:
-    """Top-k teacher log-probs for training sequences `rows` and every held-out batch; loaded from `path` when it was
-    computed for the same model, data, rows and k, otherwise computed and written atomically."""
+    """Top-k teacher log-probs for training sequences `rows` (their sample ids) and every held-out batch, kept in the
+    offline teacher cache format of `rad teacher-cache` (distill.teacher_cache.write_targets) in folder `path`:
+    reused when made for the same model, data, rows and k, continued when interrupted, rebuilt when unreadable or
+    made for anything else. Returns {"store": the TeacherCache, "held": [(values, indices, nll, tokens)] per
+    held-out batch}; `train_targets` reads training rows from it."""
+    from rad_megatron.distill.stream import StreamConfig, target_sums
+    from rad_megatron.distill.teacher_cache import write_targets
+    from rad_megatron.errors import RadError
+
     rows = sorted(set(rows))
-    key = _fingerprint({"source": source, "top_k": top_k, "rows": rows, "eval_batch_size": eval_batch_size,
-                        "train_ids": train["input_ids"][rows], "held_ids": held["input_ids"],
-                        "held_mask": held["loss_mask"], "train_mask": train["loss_mask"][rows]})
-    if path.is_file():
-        try:
-            cache = torch.load(path, weights_only=False)
-        except Exception as e:  # noqa: BLE001 - a cache is rebuilt whatever broke it (a cut-off write, a foreign file)
-            cache = {}
-            log(f"teacher cache {path} is unreadable ({type(e).__name__}): recomputing it")
-        if isinstance(cache, dict) and cache.get("key") == key:
-            return cache
-        if cache:
-            log(f"teacher cache {path} was made for other data or settings: recomputing it")
+    data = _fingerprint({"rows": rows, "eval_batch_size": eval_batch_size, "train_ids": train["input_ids"][rows],
+                         "held_ids": held["input_ids"], "held_mask": held["loss_mask"],
+                         "train_mask": train["loss_mask"][rows]})
+    # eight rows per teacher forward, as the study always computed them (a row's logits do not depend on its batch,
+    # but the same grouping keeps the numbers of earlier studies exactly)
+    batches = [(rows[i:i + 8], {k: train[k][rows[i:i + 8]] for k in ("input_ids", "labels", "loss_mask")})
+               for i in range(0, len(rows), 8)]
+    held_batches = [{k: held[k][i:i + eval_batch_size] for k in ("input_ids", "labels", "loss_mask")}
+                    for i in range(0, held["input_ids"].shape[0], eval_batch_size)]
+    # the data fingerprint covers the token ids themselves, so no tokenizer hash is needed to tell caches apart
+    kw = dict(teacher=source, tokenizer="", data=data, stream=StreamConfig(top_k=top_k), eval_batches=held_batches)
     model.eval()
-    vals, idx = [], []
-    for i in range(0, len(rows), 8):
-        r = rows[i:i + 8]
-        v, x, _, _ = _targets(model, train["input_ids"][r], train["labels"][r], train["loss_mask"][r], top_k)
-        vals.append(v)
-        idx.append(x)
+    try:
+        store = write_targets(model, batches, path, **kw)
+    except (RadError, OSError, ValueError) as e:  # a cut-off write, a foreign folder: the study's own cache is rebuilt
+        log(f"teacher cache {path}: {e}; recomputing it")
+        shutil.rmtree(path, ignore_errors=True)
+        store = write_targets(model, batches, path, **kw)
     held_out = []
-    for i in range(0, held["input_ids"].shape[0], eval_batch_size):
-        b = {k: t[i:i + eval_batch_size] for k, t in held.items()}
-        held_out.append(_targets(model, b["input_ids"], b["labels"], b["loss_mask"], top_k))
-    cache = {"key": key, "row_of": {r: n for n, r in enumerate(rows)}, "vals": torch.cat(vals),
-             "idx": torch.cat(idx), "held": held_out}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(cache, tmp)
-    os.replace(tmp, path)
-    return cache
+    for i in range(len(held_batches)):
+        t = store.eval_targets(i)
+        held_out.append((t["values"], t["indices"], *target_sums(t["label_logp"], t["mask"])))
+    return {"store": store, "held": held_out}
 
 
 def train_targets(cache: dict, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    at = [cache["row_of"][r] for r in rows]
-    return cache["vals"][at], cache["idx"][at].long()
+    t = cache["store"].targets(rows)
+    return t["values"], t["indices"]

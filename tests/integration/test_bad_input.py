@@ -85,6 +85,24 @@ CASES = [
      "config.probe.k=0: must be an integer >= 1"),
     ("pipeline", "swap.layers=[1,-2]", ["pipeline", "--config", "{cfg}", "swap.layers=[1,-2]", "--out", "{new}"],
      "config.swap.layers[1]=-2: must be an integer >= 0"),
+    ("distill", "data.blend weight 0", ["distill", "--config", "{cfg}", "data.path=''",
+                                        "data.blend=[{{path: '{dir}/data.jsonl', weight: 0}}]", "--out", "{new}"],
+     "data.blend[0].weight=0 (source {dir}/data.jsonl) must be a number > 0"),
+    ("distill", "teacher cache without manifest.json",
+     ["distill", "--config", "{cfg}", "distill.teacher.cache={cache_nomanifest}", "--out", "{new}"],
+     "teacher cache {cache_nomanifest}: no manifest.json there (not a teacher cache); make one with rad teacher-cache"),
+    ("distill", "teacher cache with a truncated shard",
+     ["distill", "--config", "{cfg}", "distill.teacher.cache={cache_truncated}", "--out", "{new}"],
+     "teacher cache shard {cache_truncated}/shard_000.bin is 100 bytes, manifest.json says"),
+    ("distill", "teacher cache of another top_k",
+     ["distill", "--config", "{cfg}", "distill.teacher.cache={cache_k8}", "--out", "{new}"],
+     "distill.teacher.cache={cache_k8} was made with top_k=8, this run has top_k=64"),
+    ("pipeline", "teacher cache of another tokenizer",
+     ["pipeline", "--config", "{cfg}", "distill.teacher.cache={cache_tok}", "--out", "{new}"],
+     "distill.teacher.cache={cache_tok} was made with tokenizer='0123456789abcdef'"),
+    ("distill", "teacher cache of other data",
+     ["distill", "--config", "{cfg}", "distill.teacher.cache={cache_data}", "--out", "{new}"],
+     "distill.teacher.cache={cache_data} was made with data='other-data'"),
     ("probe", "--out not .json", ["probe", "--hf", "{hf}", "--prompts", "{prompts}", "--out", "{dir}/p.txt"],
      "--out {dir}/p.txt: give a .json path"),
     ("probe", "prompt file missing", ["probe", "--hf", "{hf}", "--prompts", "{dir}/none.jsonl", "--out", "{new}.json"],
@@ -196,12 +214,38 @@ def files(tmp_path_factory):
     shard = d / "ckpt_shard" / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:1000])
     (d / "ckpt_index" / ".metadata").unlink()
-    return {"dir": str(d), "cfg": str(d / "cfg.yaml"), "cfg_two": str(d / "cfg_two.yaml"), "hf": str(d / "hf"),
+    return {**_teacher_caches(d, hf=d / "hf"), "dir": str(d), "cfg": str(d / "cfg.yaml"),
+            "cfg_two": str(d / "cfg_two.yaml"), "hf": str(d / "hf"),
             "yaml_bad": str(d / "broken.yaml"), "run": str(d / "run"), "new": str(d / "new_out"),
             "prompts": str(d / "data.jsonl"), "jsonl_bad": str(d / "bad.jsonl"), "probe_bad": str(d / "probe_bad.json"),
             "ckpt_meta": str(d / "ckpt_meta"), "ckpt_shard": str(d / "ckpt_shard"), "ckpt_index": str(d / "ckpt_index"),
             "gguf": str(d / "not.gguf"), "eval_out": str(d / "eval_out.json"), "study": str(d / "study.yaml"),
             "hf_vocab100": str(d / "hf_vocab100"), "ckpt_eps": str(d / "ckpt_eps")}
+
+
+def _teacher_caches(d: Path, hf: Path) -> dict:
+    """Offline teacher caches (manifest + shard files, records zero: refused before any is read) that do not fit the
+    fixture's run: made for top_k 8, for another tokenizer, for other data; one truncated, one without a manifest."""
+    from transformers import AutoTokenizer
+
+    from rad_megatron.data.loader import tokenizer_fingerprint
+    from rad_megatron.distill.cache_store import FORMAT, record_dtype
+
+    ours = tokenizer_fingerprint(AutoTokenizer.from_pretrained(hf))
+    kinds = {"cache_k8": {"top_k": 8}, "cache_tok": {"tokenizer": "0123456789abcdef"}, "cache_data": {},
+             "cache_truncated": {}, "cache_nomanifest": {}}
+    for name, fields in kinds.items():
+        m = {"format": FORMAT, "teacher": "hf:x", "tokenizer": ours, "data": "other-data", "top_k": 64,
+             "temperature": 1.0, "dtype": "float32", "index_dtype": "uint16", "seq_len": 32, "micro_batch_size": 1,
+             "writers": 1, "samples": 2, "eval_batch_size": 0, "eval_batches": 0, **fields}
+        m["shards"] = [{"file": "shard_000.bin", "records": 2}]
+        (d / name).mkdir()
+        size = record_dtype(32, m["top_k"], "float32", "uint16").itemsize * 2
+        (d / name / "shard_000.bin").write_bytes(bytes(100 if name == "cache_truncated" else size))
+        (d / name / "shard_000.ids").write_bytes(bytes(16))
+        if name != "cache_nomanifest":
+            (d / name / "manifest.json").write_text(json.dumps(m))
+    return {name: str(d / name) for name in kinds}
 
 
 def snapshot(folder: str) -> dict:
