@@ -191,3 +191,30 @@ def load_full_state_dict(model, full: dict[str, torch.Tensor], tp: int, tp_rank:
         params.update(dict(model.named_buffers()))
         for k, v in local.items():
             params[k].copy_(v.to(params[k].dtype))
+
+
+def to_pipeline_stage(model, pp: int, **build):
+    """This rank's pipeline stage (of `pp`) of a whole model (this rank's TP shard): built with build_model's `build`
+    options and given the stage's part of the weights, so a model swapped whole becomes a stage without a save."""
+    from rad_megatron.model.build import build_model
+
+    stage = build_model(model.rad_config, tp=model.rad_tp, pp=pp, device=next(model.parameters()).device, **build)
+    load_tp_shard(stage, {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")})
+    for name in ("rad_swaps", "rad_meta"):
+        if hasattr(model, name):
+            setattr(stage, name, getattr(model, name))
+    return stage
+
+
+def load_tp_shard(model, shard: dict[str, torch.Tensor]) -> None:
+    """Copy an already TP-sharded whole-model state dict into `model` (a pipeline stage takes its part)."""
+    own = dict(model.named_parameters())
+    own.update(dict(model.named_buffers()))
+    part = stage_state_dict(shard, model)
+    missing = sorted(k for k in own if k not in part and not k.endswith("_extra_state"))
+    if missing:
+        raise RadError(f"pipeline stage: no weights for '{missing[0]}'")
+    with torch.no_grad():
+        for k, v in part.items():
+            if k in own:
+                own[k].copy_(v.to(own[k].dtype))

@@ -2,8 +2,11 @@
 
 One `StageOptimizer` per training stage, because each stage trains a different parameter group and Megatron's DDP
 sizes its gradient buffers (and the distributed optimizer its shards) from the parameters that require grad at
-construction. DP > 1 uses the distributed optimizer (optimizer state sharded over the data-parallel replicas) unless
-the config turns it off. On CPU the Megatron calls run inside `megatron_cuda_on_cpu()` (see distributed/cpu.py).
+construction. Gradients are reduced and kept in fp32 (DDP's grad_reduce_in_fp32); with bf16 weights Megatron's
+mixed-precision optimizer keeps fp32 main parameters and steps those (`main_params`). By default the distributed
+optimizer holds the state (sharded over data-parallel replicas; one shard at DP = 1), so a checkpoint of it has one
+format at every layout and resumes at another TP, PP or DP size (`sharded_state_dict`, Megatron's
+"fully_reshardable"). On CPU the Megatron calls run inside `megatron_cuda_on_cpu()` (see distributed/cpu.py).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
 
 from rad_megatron.distributed.cpu import megatron_cuda_on_cpu
@@ -33,7 +37,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     """Cosine decays to this fraction of the stage's peak LR."""
     distributed_optimizer: bool | None = None
-    """Shard optimizer state over data-parallel replicas (Megatron's distributed optimizer); None: on when DP > 1."""
+    """Shard optimizer state over data-parallel replicas (Megatron's distributed optimizer); None: on (at DP = 1 it
+    holds one shard, and its checkpoints reshard to any TP / PP / DP layout). False: Megatron's plain optimizer
+    (its checkpoints reshard over TP and PP)."""
 
 
 @contextlib.contextmanager
@@ -66,12 +72,12 @@ def _world_is(group):
 class StageOptimizer:
     """Megatron DDP wrapper + optimizer + LR scheduler over the parameters that currently require grad."""
 
-    def __init__(self, model, cfg: OptimConfig, peak_lr: float, steps: int, dp: int, group=None):
+    def __init__(self, model, cfg: OptimConfig, peak_lr: float, steps: int, dp: int, group=None, bf16: bool = False):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-        dist_opt = dp > 1 if cfg.distributed_optimizer is None else cfg.distributed_optimizer
+        dist_opt = uses_distributed_optimizer(cfg)
         with megatron_cuda_on_cpu(), _world_is(group):
             self.ddp = DistributedDataParallel(
                 model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=dist_opt),
@@ -80,7 +86,7 @@ class StageOptimizer:
                 OptimizerConfig(optimizer="adam", lr=peak_lr, min_lr=peak_lr * cfg.min_lr_ratio,
                                 weight_decay=cfg.weight_decay, adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1],
                                 adam_eps=cfg.eps, clip_grad=cfg.clip_grad, use_distributed_optimizer=dist_opt,
-                                bf16=False, fp16=False),
+                                bf16=bf16, fp16=False),
                 [self.ddp])
         # Megatron's scheduler sets the LR for its current step count; stepping it by one *before* each optimizer
         # step makes update k (1-based) use warmup k / warmup_steps, so no update is spent at LR 0.
@@ -90,6 +96,7 @@ class StageOptimizer:
             lr_decay_style="cosine", start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
             wd_incr_steps=max(steps, 1), wd_incr_style="constant")
         self.distributed = dist_opt
+        _align_param_index_maps(self.optimizer)
 
     def zero_grad(self):
         self.ddp.zero_grad_buffer()
@@ -104,7 +111,7 @@ class StageOptimizer:
         with megatron_cuda_on_cpu():
             finalize_model_grads([self.ddp])
             ok, norm, _ = self.optimizer.step()
-        if not ok:  # fp32 never overflows; a failed update means the gradients are broken
+        if not ok:  # fp32 / bf16 have no loss scale to back off; a failed update means the gradients are broken
             raise RuntimeError("Megatron optimizer skipped the update (non-finite gradients)")
         return lr, float(norm) if norm is not None else float("nan")
 
@@ -119,14 +126,73 @@ class StageOptimizer:
     def _inner(self):
         return [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
 
-    def state_dict(self) -> dict:
-        """This rank's state: the torch optimizers over this rank's parameters (its shard under the distributed
-        optimizer) and the scheduler. Saved per (TP, DP) rank; resuming needs the same layout."""
-        return {"inner": [o.state_dict() for o in self._inner()], "scheduler": self.scheduler.state_dict(),
-                "distributed": self.distributed}
+    def main_params(self) -> list:
+        """The tensors Adam updates: fp32 copies of bf16 weights under mixed precision, the weights themselves
+        (or their shards under the distributed optimizer) in fp32."""
+        return [p for o in self._inner() for g in o.param_groups for p in g["params"]]
 
-    def load_state_dict(self, state: dict):
-        for o, s in zip(self._inner(), state["inner"], strict=True):
-            o.load_state_dict(s)
+    # Megatron's metadata for the distributed optimizer's checkpoint format: the canonical per-parameter layout
+    # (exp_avg, exp_avg_sq, fp32 main parameter shaped like the model's tensor), gathered over DP with gloo onto
+    # DP rank 0 for the save, so that any TP / PP / DP layout can load it.
+    SHARDING = {"distrib_optim_sharding_type": "fully_reshardable",
+                "distrib_optim_fully_reshardable_mem_efficient": True}
+
+    def sharded_state_dict(self, model_sharded: dict, is_loading: bool = False) -> dict:
+        """Megatron's sharded optimizer state (keyed by the model's sharded tensors) + the LR scheduler."""
+        if is_loading:
+            self._prepare_load()
+        with megatron_cuda_on_cpu():
+            state = self.optimizer.sharded_state_dict(model_sharded, is_loading=is_loading, metadata=self.SHARDING)
+        return {"optimizer": state, "scheduler": self.scheduler.state_dict(), "distributed": self.distributed}
+
+    def load_sharded(self, state: dict):
+        with megatron_cuda_on_cpu():
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # Megatron's load (without TE / Apex) gives every parameter's torch-Adam state one shared `step` tensor,
+        # which Adam then advances once per parameter per update; each parameter needs its own
+        for inner in self._inner():
+            for st in inner.state.values():
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].clone()
 
+    def _prepare_load(self):
+        """Two gaps of Megatron's load path without TE / Apex (torch Adam keeps a per-parameter `step`): building the
+        loading state dict reads `step` from a state that does not exist yet, and the distributed optimizer's
+        fully-reshardable load expects `step` among the per-parameter tensors it restores (it restores the step
+        from the parameter groups instead). Give the fresh state zeros and a step, and let the restore skip it."""
+        for inner in self._inner():
+            for group in inner.param_groups:
+                for p in group["params"]:
+                    state = inner.state[p]
+                    if not state:
+                        state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p),
+                                     step=torch.tensor(0.0))
+        for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            restore = getattr(o, "_set_main_param_and_optimizer_states", None)
+            if restore is not None and not getattr(restore, "rad_skips_step", False):
+                def skip_step(model_param, tensors, _restore=restore):
+                    return _restore(model_param, {"step": None, **tensors})
+
+                skip_step.rad_skips_step = True
+                o._set_main_param_and_optimizer_states = skip_step
+
+
+def _align_param_index_maps(optimizer) -> None:
+    """Megatron's distributed optimizer orders each group's Adam parameters fp32 first, then the fp32 copies of
+    bf16 ones, but indexes them (`model_param_group_index_map`, which its checkpoint save and load go through) in
+    gradient-buffer order; when a group mixes dtypes (bf16 weights beside Mamba's fp32 A_log) the two disagree.
+    Re-index in the order the parameters really have."""
+    for o in getattr(optimizer, "chained_optimizers", [optimizer]):
+        ranges = getattr(o, "opt_group_ranges", None)
+        if ranges is None:
+            continue
+        for gi, group in enumerate(ranges):
+            fp32 = [p for p in group["params"] if p.dtype == torch.float32]
+            low = [p for p in group["params"] if p.dtype != torch.float32]
+            for j, p in enumerate(fp32 + low):
+                o.model_param_group_index_map[p] = (gi, j)
+
+
+def uses_distributed_optimizer(cfg: OptimConfig) -> bool:
+    return True if cfg.distributed_optimizer is None else bool(cfg.distributed_optimizer)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from rad_megatron.data.datasets import load_examples, pack, pad_batch, split_examples
@@ -33,10 +34,13 @@ def build_data(tok, data_cfg, seq_len_cap: int | None = None):
 
 
 def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: list[int], resume: bool = False,
-                stop_after: int | None = None, meta: dict | None = None) -> list[dict]:
-    """Students train `model`; teachers serve with `model` (their teacher). Returns the student's records."""
-    from rad_megatron.distill.trainer import (StudentTrainer, check_resume_config, latest_checkpoint,
-                                              run_teacher)
+                stop_after: int | None = None, meta: dict | None = None, system=None) -> list[dict]:
+    """Students train `model`; teachers serve with `model` (their teacher). Returns the student's records.
+    `system` (distill.system.TrainerSystem) says how the models were built and how the student trains; None: fp32,
+    no recompute, no sequence or pipeline parallelism."""
+    from rad_megatron.distill.system import eval_width_multiple
+    from rad_megatron.distill.teacher import run_teacher
+    from rad_megatron.distill.trainer import StudentTrainer, check_resume_config, latest_checkpoint
 
     out = Path(out)
     vocab = model.rad_config.vocab_size
@@ -44,12 +48,12 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
         raise RadError(f"distill.train.stream.top_k={train_cfg.stream.top_k} exceeds the vocabulary ({vocab}); "
                        f"use top_k <= {vocab}, or 0 to send the whole vocabulary")
     check_same_tokenizer(tok)
-    # the one place a distillation's model and data go to the rank's device (the GPU where there is one), so every
-    # batch and stream buffer is there too
+    # the one place a distillation's model goes to the rank's device (the GPU where there is one); the data stays on
+    # the host and each micro-batch moves when it is used (schedule.take)
     model = model.to(role.device)
     train, held = build_data(tok, data_cfg)
-    train = {k: v.to(role.device) for k, v in train.items()}
-    held = {k: v.to(role.device) for k, v in held.items()} if held is not None else None
+    if held is not None and system is not None:
+        held = pad_width(held, eval_width_multiple(system))
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
@@ -60,11 +64,13 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
         if ckpt is not None:
             from rad_megatron.checkpoint.store import load_model
 
-            model = load_model(ckpt, tp=role.tp, process_group=role.student_group).to(role.device)
-        trainer = StudentTrainer(role, model, train_cfg, train, held, new_layers, out, tokenizer=tok, meta=meta)
+            build = system.student.options() if system is not None else {}
+            model = load_model(ckpt, tp=role.tp, process_group=role.student_group, **build).to(role.device)
+        trainer = StudentTrainer(role, model, train_cfg, train, held, new_layers, out, tokenizer=tok, meta=meta,
+                                 mixed_precision=system is not None and system.mixed_precision)
         if ckpt is not None:
             start = trainer.load_state(ckpt)
-            _truncate_metrics(out / "metrics.jsonl", start)
+            _truncate_metrics(out / "metrics.jsonl", start, role.is_main)
         records = trainer.run(start, stop_after)
         if role.is_main:
             plot_metrics(out / "metrics.jsonl", out / "loss.png")
@@ -77,9 +83,19 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
     return []
 
 
-def _truncate_metrics(path: Path, step: int):
+def pad_width(held: dict, multiple: int) -> dict:
+    """Held-out batches widened (masked, pad id 0) to a multiple of `multiple` positions: sequence parallelism
+    splits every sequence over the TP ranks. Causal, so the unpadded positions see the same tokens."""
+    width = held["input_ids"].shape[1]
+    extra = -width % multiple
+    if not extra:
+        return held
+    return {k: torch.nn.functional.pad(v, (0, extra)) for k, v in held.items()}
+
+
+def _truncate_metrics(path: Path, step: int, is_main: bool):
     """A resumed run rewrites what came after its checkpoint."""
-    if not path.is_file() or not dist.get_rank() == 0:
+    if not path.is_file() or not is_main:
         return
     keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
     path.write_text("".join(ln + "\n" for ln in keep))

@@ -28,3 +28,9 @@ def replica_slice(indices: list[int], replica: int, micro: int, dp: int, mbs: in
     """A step draws dp * grad_accum * mbs sequence indices; this is (replica, micro)'s share."""
     start = (micro * dp + replica) * mbs
     return indices[start: start + mbs]
+
+
+def take(data: dict, rows, device, keys=None) -> dict:
+    """The micro-batch `rows` (indices or a slice) of host-resident `data`, moved to `device`: the only place training
+    data reaches a device, one micro-batch at a time, and only the fields (`keys`) the rank uses."""
+    return {k: data[k][rows].to(device, non_blocking=True) for k in (keys or data)}

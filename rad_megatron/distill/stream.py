@@ -56,7 +56,13 @@ def message_bytes(batch, seq, vocab, k) -> int:
 @torch.no_grad()
 def teacher_targets(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig):
     """(values, indices or None, nll_sum, tokens) of one micro-batch (full-vocabulary logits gathered over TP)."""
-    logits = forward_logits(model, ids).float()
+    return targets_from_logits(forward_logits(model, ids), labels, mask, cfg)
+
+
+@torch.no_grad()
+def targets_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig):
+    """`teacher_targets` from the teacher's full-vocabulary logits [b, s, V] (a last pipeline stage's output)."""
+    logits = logits.float()
     # no logits / 1.0: a vocabulary-sized copy for nothing (rad plan's teacher memory counts none at T = 1)
     logp = torch.log_softmax(logits if cfg.temperature == 1.0 else logits / cfg.temperature, -1)
     logp1 = logp if cfg.temperature == 1.0 else torch.log_softmax(logits, -1)

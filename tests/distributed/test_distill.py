@@ -54,7 +54,7 @@ def test_kill_and_resume_is_bit_exact_and_targeting_holds(dist, setup):
     _pipeline(d, d / "cut", "--stop-after", "6", nproc=3)
     assert (d / "cut/checkpoints/latest.txt").read_text() == "step_000006"
     assert sorted(p.name for p in (d / "cut/checkpoints/step_000006/train_state").iterdir()) == [
-        "tp0_dp0.pt", "tp0_dp1.pt"]
+        "rng_tp0_pp0_dp0.pt", "rng_tp0_pp0_dp1.pt"]
     resumed = _pipeline(d, d / "cut", "--resume", nproc=3)
     assert _strip(resumed) == _strip(full)
     a, b = _weights(d / "full/checkpoints/step_000012"), _weights(d / "cut/checkpoints/step_000012")
