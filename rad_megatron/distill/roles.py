@@ -162,8 +162,9 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
     device, backend = select_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
-    if parallel_state.model_parallel_is_initialized():  # e.g. after the pipeline's probe phase
-        parallel_state.destroy_model_parallel()
+    # e.g. after the pipeline's probe phase or an earlier run in this process; unconditionally, because on a teacher
+    # rank (outside every student group) Megatron's "is initialised" check is False while its global buffers exist
+    parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=layout.student_tp,
                                              pipeline_model_parallel_size=layout.student_pp, local_world_size=S,
                                              distributed_timeout_minutes=timeout.total_seconds() / 60)

@@ -59,7 +59,7 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
     if resume and ckpt is None:
         raise RadError(f"--resume: no checkpoint under {out}/checkpoints (nothing to resume)")
     if ckpt is not None:
-        check_resume_config(ckpt, train_cfg)
+        check_resume_config(ckpt, train_cfg, role.student_dp)
     if role.is_student:
         if ckpt is not None:
             from rad_megatron.checkpoint.store import load_model
@@ -79,6 +79,7 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
         from rad_megatron.checkpoint.store import read_meta
 
         start = read_meta(ckpt)["train"]["step"]
+    model.requires_grad_(False)  # the teacher only serves: no optimizer, no gradients
     run_teacher(role, model, train_cfg, train, held, out, start, stop_after)
     return []
 

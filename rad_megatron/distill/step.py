@@ -53,12 +53,32 @@ class StudentStep:
 
     def _loss(self, b, weights, logits):
         vals, idx, t_nll, t_tok = self.receiver.receive(b["step"], b["micro"], b["input_ids"])
+        vals = vals.float()  # a bf16 stream (stream.dtype); the loss is fp32
         if idx is None:  # the whole vocabulary was sent: index it like a top-k with k = V
             idx = torch.arange(vals.shape[-1], device=vals.device).expand(vals.shape)
         loss, terms = distill_loss(logits, vals, idx, b["labels"], b["loss_mask"], weights, self.tp_group,
                                    self.vocab_start, self.vocab)
         return loss, {"loss": loss.item(), **terms, "tokens": b["loss_mask"].sum().item(), "teacher_nll": t_nll,
                       "teacher_tokens": t_tok}
+
+
+def carry_grad_into_recompute(model) -> None:
+    """Under full activation recompute Megatron runs each layer inside a reentrant checkpoint function, whose
+    output requires grad only if one of its *inputs* does: with the embedding and the first layers frozen (targeted
+    distillation) no input does, and the trainable layers silently get no gradient at all. Make the decoder's input
+    a leaf that requires grad (only when nothing upstream already does), so every checkpointed layer is on the
+    autograd path. The frozen layers before the first trainable one then compute input gradients they pass on to
+    nothing (a backward pass of those layers, no weight gradients)."""
+
+    def hook(module, args, kwargs):
+        h = kwargs.get("hidden_states")
+        if module.training and torch.is_grad_enabled() and torch.is_tensor(h) and not h.requires_grad:
+            kwargs["hidden_states"] = h.detach().requires_grad_()
+        return args, kwargs
+
+    if model.config.recompute_granularity == "full" and not getattr(model, "rad_recompute_hook", False):
+        model.decoder.register_forward_pre_hook(hook, with_kwargs=True)
+        model.rad_recompute_hook = True
 
 
 def mean_terms(outputs: list[dict]) -> dict:

@@ -35,6 +35,22 @@ class StreamConfig:
     """Micro-batches the teacher may run ahead of the student."""
     temperature: float = 1.0
     """Temperature of the teacher's log-softmax (the student's KL uses the same)."""
+    dtype: str = "fp32"
+    """Of the log-probabilities sent: fp32 | bf16. fp32 by default: the loss recovers probabilities with exp() and
+    the tail bucket as 1 - sum(top-k), where bf16's 8-bit mantissa (0.4% per value) would dominate KLs near 0 (a
+    student close to its teacher); bf16 halves the stream's bytes where the link is the bottleneck (whole
+    vocabulary, top_k = 0). The loss is computed in fp32 either way."""
+
+    def __post_init__(self):
+        if self.dtype not in STREAM_DTYPES:
+            raise RadError(f"distill.train.stream.dtype='{self.dtype}' is not one of {', '.join(STREAM_DTYPES)}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return STREAM_DTYPES[self.dtype]
+
+
+STREAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def checksum(ids: torch.Tensor) -> float:
@@ -49,8 +65,8 @@ def message_shapes(batch: int, seq: int, vocab: int, k: int):
     return [(HEADER,), (batch, seq, width)] + ([(batch, seq, k)] if k else [])
 
 
-def message_bytes(batch, seq, vocab, k) -> int:
-    return HEADER * 8 + batch * seq * (k if k else vocab) * 4 + (batch * seq * k * 4 if k else 0)
+def message_bytes(batch, seq, vocab, k, value_bytes: int = 4) -> int:
+    return HEADER * 8 + batch * seq * (k if k else vocab) * value_bytes + (batch * seq * k * 4 if k else 0)
 
 
 @torch.no_grad()
@@ -69,8 +85,8 @@ def targets_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.
     nll = -(logp1.gather(-1, labels.unsqueeze(-1)).squeeze(-1) * mask).sum().item()
     if cfg.top_k:
         vals, idx = logp.topk(cfg.top_k, dim=-1)
-        return vals.contiguous(), idx.int().contiguous(), nll, mask.sum().item()
-    return logp.contiguous(), None, nll, mask.sum().item()
+        return vals.to(cfg.torch_dtype).contiguous(), idx.int().contiguous(), nll, mask.sum().item()
+    return logp.to(cfg.torch_dtype).contiguous(), None, nll, mask.sum().item()
 
 
 class TeacherSender:
@@ -124,7 +140,7 @@ class StudentReceiver:
         if not self.to_post:
             return
         _, _, batch, seq = self.to_post.popleft()
-        dtypes = [torch.float64, torch.float32, torch.int32]
+        dtypes = [torch.float64, self.cfg.torch_dtype, torch.int32]
         shapes = message_shapes(batch, seq, self.vocab, self.cfg.top_k)
         bufs = [torch.empty(s, dtype=d, device=self.device) for s, d in zip(shapes, dtypes)]
         works = [dist.irecv(b, src=self.src, tag=j) for j, b in enumerate(bufs)]

@@ -13,6 +13,7 @@ bit-exact at the same layout.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,8 +35,16 @@ def save_training_state(trainer, step: int) -> Path:
     meta = {**trainer.meta, "train": {"step": step, "config": json.loads(json.dumps(asdict(trainer.cfg))),
                                       "new_layers": trainer.new_layers, "layout": _layout(trainer.role),
                                       "precision": str(next(trainer.model.parameters()).dtype)}}
-    save_model(trainer.model, path, metadata=meta, force=True, tokenizer=trainer.tokenizer, extra_state=extra,
-               per_rank_state={"torch_rng": torch.get_rng_state()}, per_rank_name=_seat(trainer.role))
+    # the teacher ranks join the collective save without training state: Megatron's check that every rank's common
+    # (unsharded) state is the same would warn about them on every save
+    validation = logging.getLogger("megatron.core.dist_checkpointing.validation")
+    level = validation.level
+    validation.setLevel(logging.ERROR)
+    try:
+        save_model(trainer.model, path, metadata=meta, force=True, tokenizer=trainer.tokenizer, extra_state=extra,
+                   per_rank_state={"torch_rng": torch.get_rng_state()}, per_rank_name=_seat(trainer.role))
+    finally:
+        validation.setLevel(level)
     if trainer.role.is_main:
         latest = trainer.out / "checkpoints" / "latest.txt"
         tmp = latest.with_suffix(".tmp")

@@ -22,7 +22,7 @@ from rad_megatron.data.datasets import ResumableSampler
 from rad_megatron.distill.losses import LossWeights
 from rad_megatron.distill.optim import OptimConfig, StageOptimizer
 from rad_megatron.distill.schedule import events, replica_slice, take
-from rad_megatron.distill.step import StudentStep, mean_terms
+from rad_megatron.distill.step import StudentStep, carry_grad_into_recompute, mean_terms
 from rad_megatron.distill.stream import StreamConfig, StudentReceiver
 from rad_megatron.distill.targeting import Stage, apply_targeting
 from rad_megatron.distill.teacher import eval_rows, num_eval_batches, save_steps
@@ -106,6 +106,7 @@ class StudentTrainer:
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         # the fields this rank's stage reads: ids enter the first stage, the loss needs the rest on the last
         self.keys = None if role.is_last_stage else ("input_ids",)
+        carry_grad_into_recompute(model)
 
     # ---- setup -------------------------------------------------------------------------------------------------
     def _enter_stage(self, idx: int):
@@ -189,7 +190,8 @@ class StudentTrainer:
             dt = time.perf_counter() - t0
             wait1, bytes1 = self._stream_counters()
             rec = {"step": step, "stage": cfg.stages[stage_idx].name, "lr": lr, "grad_norm": norm,
-                   **(mean_terms(outputs) if outputs else {}), "tokens_per_s": per_step * shape[1] / dt,
+                   **(self._global_mean(mean_terms(outputs)) if outputs else {}),
+                   "tokens_per_s": per_step * shape[1] / dt,
                    "student_wait_s": wait1 - wait0, "bytes_received": bytes1 - bytes0}
             records.append(self._log(rec))
             if step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
@@ -207,6 +209,17 @@ class StudentTrainer:
         bar.close()
         self.model.eval()
         return [r for r in records if r is not None]
+
+    def _global_mean(self, terms: dict) -> dict:
+        """The step's loss terms over the whole global batch: this replica's mean averaged over the data-parallel
+        replicas (last-stage ranks only; every replica has the same number of micro-batches)."""
+        if self.role.dp == 1:
+            return terms
+        from megatron.core import parallel_state
+
+        t = torch.tensor([terms[k] for k in sorted(terms)], dtype=torch.float64, device=self.role.device)
+        torch.distributed.all_reduce(t, group=parallel_state.get_data_parallel_group())
+        return {k: v / self.role.dp for k, v in zip(sorted(terms), t.tolist())}
 
     def _stream_counters(self) -> tuple[float, int]:
         return (self.receiver.wait_s, self.receiver.bytes_received) if self.receiver is not None else (0.0, 0)
@@ -245,12 +258,20 @@ def latest_checkpoint(out: Path) -> Path | None:
     return Path(out) / "checkpoints" / f.read_text().strip() if f.is_file() else None
 
 
-def check_resume_config(path: Path, cfg: TrainConfig):
+def check_resume_config(path: Path, cfg: TrainConfig, dp: int):
+    """A resume continues the same run: the same distill config, except that at another data-parallel size
+    grad_accum may change so that the global batch (dp x grad_accum x micro_batch_size) stays the same."""
     from rad_megatron.checkpoint.store import read_meta
 
-    saved = read_meta(path).get("train", {}).get("config")
-    now = json.loads(json.dumps(asdict(cfg)))
+    train = read_meta(path).get("train", {})
+    saved, now = train.get("config"), json.loads(json.dumps(asdict(cfg)))
+    saved_dp = train.get("layout", {}).get("dp", dp)
+    if saved and saved.get("grad_accum") != now["grad_accum"] and \
+            saved_dp * saved["grad_accum"] == dp * now["grad_accum"]:
+        saved = {**saved, "grad_accum": now["grad_accum"]}
     if saved != now:
         diff = sorted(k for k in set(saved or {}) | set(now) if (saved or {}).get(k) != now.get(k))
+        hint = (f"; at data-parallel size {dp} (saved at {saved_dp}) keep the global batch with grad_accum = "
+                f"{saved_dp * (saved or now)['grad_accum'] / dp:g}" if "grad_accum" in diff and dp != saved_dp else "")
         raise RadError(f"--resume {path}: the checkpoint was written with a different distill config "
-                       f"(differs in: {', '.join(diff) or 'everything'}); resume with the same config")
+                       f"(differs in: {', '.join(diff) or 'everything'}); resume with the same config{hint}")
