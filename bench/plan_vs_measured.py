@@ -164,6 +164,7 @@ def _predicted(config: Path, overrides: list[str]) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "docs/results/plan_vs_measured.md"))
+    ap.add_argument("--only", nargs="*", default=None, help="precision:recompute pairs, e.g. fp32:none")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
@@ -175,7 +176,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config = _write_inputs(tmp)
-        for precision, recompute in CONFIGS:
+        for precision, recompute in [c for c in CONFIGS if a.only is None or ":".join(c) in a.only]:
             overrides = [f"system.precision={precision}", f"system.recompute={recompute}"]
             out = tmp / f"{precision}_{recompute}"
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RAD_BENCH_OUT": str(out)}

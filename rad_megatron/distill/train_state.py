@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from rad_megatron.errors import RadError
+
 
 def _seat(role) -> str:
     return f"rng_tp{role.tp_rank}_pp{role.pp_rank}_dp{role.dp_rank}"
@@ -64,6 +66,9 @@ def load_training_state(trainer, path: Path) -> int:
 
     path = Path(path)
     common = dist_checkpointing.load_common_state_dict(str(path))
+    if "train" not in common:
+        raise RadError(f"--resume {path}: this checkpoint holds no sharded training state (written before resharding "
+                       f"checkpoints); continue from its weights with model.ckpt={path} and a new --out")
     train = common["train"]
     trainer._enter_stage(train["stage_idx"])
     model_sharded = trainer.model.sharded_state_dict()

@@ -7,15 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, rad, tiny_hf_llama, torchrun
+from tests.helpers import ROOT, distill_inputs, rad, tiny_hf_llama, torchrun
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("distill")
-    tiny_hf_llama(d / "hf", seed=0, num_hidden_layers=4, tie_word_embeddings=False)
-    rows = [{"question": f"what is {i} plus {i + 1}?", "answer": f"{i} plus {i + 1} is {2 * i + 1}."} for i in range(50)]
-    (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    d = distill_inputs(tmp_path_factory.mktemp("distill"))
     cfg = {
         "model": {"hf": str(d / "hf")}, "swap": {"layers": [1, 2], "init": "rad_zero"},
         "data": {"path": str(d / "data.jsonl"), "seq_len": 48, "held_out": 4},

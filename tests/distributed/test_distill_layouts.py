@@ -14,7 +14,7 @@ import shutil
 import pytest
 import torch
 
-from tests.helpers import ROOT, tiny_hf_llama, torchrun
+from tests.helpers import ROOT, distill_inputs, torchrun
 
 WORKER = ROOT / "tests/distributed/workers/distill_layouts.py"
 KEYS = ("loss", "heldout_kl", "grad_norm", "teacher_ppl")
@@ -22,10 +22,7 @@ KEYS = ("loss", "heldout_kl", "grad_norm", "teacher_ppl")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("layouts")
-    tiny_hf_llama(d / "hf", seed=0, num_hidden_layers=4, tie_word_embeddings=False)
-    rows = [{"question": f"what is {i} plus {i + 1}?", "answer": f"{i} plus {i + 1} is {2 * i + 1}."} for i in range(50)]
-    (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    d = distill_inputs(tmp_path_factory.mktemp("layouts"))
     (d / "runs").mkdir()
     torchrun(3, WORKER, str(d / "runs"), str(d / "hf"), str(d / "data.jsonl"), timeout=900)
     return d

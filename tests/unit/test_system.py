@@ -100,3 +100,14 @@ def test_stream_dtype_is_validated():
     with pytest.raises(RadError, match="stream.dtype='fp16' is not one of fp32, bf16"):
         StreamConfig(dtype="fp16")
 
+
+
+def test_take_moves_one_micro_batch_and_only_the_fields_asked():
+    """Training data stays on the host; `schedule.take` is the one place a micro-batch is cut out and moved."""
+    from rad_megatron.distill.schedule import take
+
+    data = {"input_ids": torch.arange(40).view(10, 4), "labels": torch.arange(40).view(10, 4) + 1}
+    b = take(data, [7, 2], "cpu", ("input_ids",))
+    assert list(b) == ["input_ids"] and b["input_ids"].tolist() == [[28, 29, 30, 31], [8, 9, 10, 11]]
+    assert b["input_ids"].untyped_storage().data_ptr() != data["input_ids"].untyped_storage().data_ptr()
+    assert set(take(data, slice(0, 2), "cpu")) == {"input_ids", "labels"}

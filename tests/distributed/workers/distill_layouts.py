@@ -1,7 +1,8 @@
 """One 3-rank world, many `rad distill` runs (the command's own function, in-process) of one tiny student whose
 Mamba layers (random init) sit one on each pipeline stage: layouts, precision, recompute, and resumes at another
-layout. argv: out_dir hf_dir data.jsonl [run names; default: all but sp_tp2]. Writes out_dir/<run>/ (the run folder) and out_dir/<run>/probe_rank<r>.json
-(what this rank saw: the first targets it received, its optimizer's dtypes, the teacher's parameters).
+layout. argv: out_dir hf_dir data.jsonl [run names; default: all but sp_tp2]. Writes out_dir/<run>/ (the run folder)
+and out_dir/<run>/probe_rank<r>.json (what this rank saw: the first targets it received, its optimizer's dtypes,
+the teacher's parameters).
 """
 
 import argparse
