@@ -107,7 +107,9 @@ class StageOptimizer:
         from megatron.core.distributed import finalize_model_grads
 
         self.scheduler.step(1)
-        lr = self.optimizer.param_groups[0]["lr"]
+        # a pipeline stage may train nothing in this stage (Megatron gives it a stub optimizer that still joins
+        # the gradient-norm reductions); its LR is the scheduler's all the same
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer.param_groups else self.scheduler.get_lr({})
         with megatron_cuda_on_cpu():
             finalize_model_grads([self.ddp])
             ok, norm, _ = self.optimizer.step()
@@ -123,8 +125,11 @@ class StageOptimizer:
             if hasattr(p, "main_grad"):
                 del p.main_grad
 
+    def _chained(self) -> list:
+        return getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+
     def _inner(self):
-        return [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
+        return [o.optimizer for o in self._chained() if o.optimizer is not None]
 
     def main_params(self) -> list:
         """The tensors Adam updates: fp32 copies of bf16 weights under mixed precision, the weights themselves
@@ -137,18 +142,39 @@ class StageOptimizer:
     SHARDING = {"distrib_optim_sharding_type": "fully_reshardable",
                 "distrib_optim_fully_reshardable_mem_efficient": True}
 
+    @property
+    def is_stub(self) -> bool:
+        """This rank's model (a pipeline stage without a trainable layer) trains nothing in this stage: its
+        optimizer joins the collective reductions but holds no state. The same on every DP replica of the stage, so
+        the checkpoint's collective gathers over DP are skipped by all of them or by none."""
+        return not any(p.requires_grad for p in self.ddp.module.parameters())
+
     def sharded_state_dict(self, model_sharded: dict, is_loading: bool = False) -> dict:
         """Megatron's sharded optimizer state (keyed by the model's sharded tensors) + the LR scheduler."""
+        state = {"optimizer": {}, "scheduler": self.scheduler.state_dict(), "distributed": self.distributed}
+        if self.is_stub:
+            return state
         if is_loading:
             self._prepare_load()
         with megatron_cuda_on_cpu():
-            state = self.optimizer.sharded_state_dict(model_sharded, is_loading=is_loading, metadata=self.SHARDING)
-        return {"optimizer": state, "scheduler": self.scheduler.state_dict(), "distributed": self.distributed}
+            state["optimizer"] = self.optimizer.sharded_state_dict(model_sharded, is_loading=is_loading,
+                                                                   metadata=self.SHARDING)
+        if is_loading:
+            self._loading = state["optimizer"]
+        return state
 
     def load_sharded(self, state: dict):
-        with megatron_cuda_on_cpu():
-            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.is_stub:
+            return
+        # The checkpoint's unsharded optimizer state (parameter-group settings) is global rank 0's, which may be a
+        # stage that trains nothing: take what is missing from this rank's own loading state dict, and Adam's step
+        # from the scheduler, which counts the same updates (both restart with each training stage).
+        loaded = _fill_missing(state["optimizer"], self._loading)
+        for group in loaded.get("optimizer", {}).get("param_groups", []):
+            group["step"] = self.scheduler.num_steps
+        with megatron_cuda_on_cpu():
+            self.optimizer.load_state_dict(loaded)
         # Megatron's load (without TE / Apex) gives every parameter's torch-Adam state one shared `step` tensor,
         # which Adam then advances once per parameter per update; each parameter needs its own
         for inner in self._inner():
@@ -168,7 +194,7 @@ class StageOptimizer:
                     if not state:
                         state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p),
                                      step=torch.tensor(0.0))
-        for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+        for o in self._chained():
             restore = getattr(o, "_set_main_param_and_optimizer_states", None)
             if restore is not None and not getattr(restore, "rad_skips_step", False):
                 def skip_step(model_param, tensors, _restore=restore):
@@ -192,6 +218,17 @@ def _align_param_index_maps(optimizer) -> None:
             low = [p for p in group["params"] if p.dtype != torch.float32]
             for j, p in enumerate(fp32 + low):
                 o.model_param_group_index_map[p] = (gi, j)
+
+
+def _fill_missing(loaded: dict, local: dict) -> dict:
+    """`loaded` with every key it lacks taken from `local` (recursively)."""
+    out = dict(loaded)
+    for k, v in local.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _fill_missing(out[k], v)
+    return out
 
 
 def uses_distributed_optimizer(cfg: OptimConfig) -> bool:

@@ -115,6 +115,9 @@ def test_resume_at_another_layout_continues_the_run(runs):
     _close(_metrics(runs, "ref"), _metrics(runs, "tp1_to_tp2"), 1e-5, steps={3, 4})
     _close(_metrics(runs, "dp2"), _metrics(runs, "dp2_to_dp1"), 1e-5, steps={3, 4})
     _close(_metrics(runs, "pp2"), _metrics(runs, "pp2_to_pp1"), 1e-5, steps={3, 4})
+    # a stage that trains nothing (stub optimizer on global rank 0) saves and resumes too
+    assert all(r["grad_norm"] > 1e-4 for r in _metrics(runs, "pp2_stub") if "loss" in r)
+    _close(_metrics(runs, "pp2_stub"), _metrics(runs, "pp2_stub_to_pp1"), 1e-5, steps={3, 4})
     layout = json.loads((runs / "runs/tp1_to_tp2/checkpoints/step_000004/rad_meta.json").read_text())["train"]
     assert layout["layout"] == {"tp": 2, "pp": 1, "dp": 1}
 

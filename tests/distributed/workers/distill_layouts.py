@@ -26,6 +26,10 @@ RUNS = [  # name, overrides, run resumed from (its step-CUT checkpoint)
     ("tp1_to_tp2", ["distill.roles.student_tp=2"], "ref"),
     ("dp2_to_dp1", ["distill.roles.teacher_ranks=2"], "dp2"),
     ("pp2_to_pp1", ["distill.roles.teacher_ranks=2"], "pp2"),
+    # both Mamba layers on stage 1: stage 0 (global rank 0, which writes the checkpoint's unsharded state) trains
+    # nothing and holds Megatron's stub optimizer
+    ("pp2_stub", ["system.student_pp=2", "model.ckpt={root}/student_late"], None),
+    ("pp2_stub_to_pp1", ["distill.roles.teacher_ranks=2", "model.ckpt={root}/student_late"], "pp2_stub"),
     # Megatron's sequence parallelism at student TP 2 (teacher TP 1): run only when named (needs #16a's local spec)
     ("sp_tp2", ["distill.roles.student_tp=2", "system.sequence_parallel=true"], None),
 ]
@@ -65,21 +69,21 @@ def instrument():
         recording_receive, recording_step, recording_serve)
 
 
-def make_student(hf: Path, out: Path):
-    """The swapped student, saved once as a rad checkpoint by all ranks (the save is collective)."""
+def make_students(hf: Path, root: Path):
+    """The swapped students (Mamba at blocks 1, 2 and at 2, 3), saved once as rad checkpoints by all ranks (the
+    save is collective)."""
     from rad_megatron.checkpoint.hf_import import model_from_hf
     from rad_megatron.checkpoint.hf_source import HFSource
     from rad_megatron.checkpoint.store import save_model
-    from rad_megatron.distributed import ParallelConfig, init_distributed
     from rad_megatron.swap import swap_attention_to_mamba
 
     from transformers import AutoTokenizer
 
-    init_distributed(ParallelConfig(tp=1, seed=5))
     model, _ = model_from_hf(HFSource(hf))
-    student = swap_attention_to_mamba(model, [1, 2], init="random", seed=7)
-    save_model(student, out, metadata={"mamba_init": {"1": "random", "2": "random"}}, force=True,
-               tokenizer=AutoTokenizer.from_pretrained(hf))
+    for name, blocks in (("student", [1, 2]), ("student_late", [2, 3])):
+        student = swap_attention_to_mamba(model, blocks, init="random", seed=7)
+        save_model(student, root / name, metadata={"mamba_init": {str(b): "random" for b in blocks}}, force=True,
+                   tokenizer=AutoTokenizer.from_pretrained(hf))
 
 
 def config(root: Path, hf: Path, data: Path) -> Path:
@@ -106,9 +110,12 @@ def cut(src: Path, dst: Path):
 def main(root, hf, data, *names):
     from rad_megatron.commands.distill import distill
 
+    from rad_megatron.distributed import ParallelConfig, init_distributed
+
     root, hf, data = Path(root), Path(hf), Path(data)
-    if not (root / "student").is_dir():
-        make_student(hf, root / "student")
+    init_distributed(ParallelConfig(tp=1, seed=5))
+    if not (root / "student_late").is_dir():
+        make_students(hf, root)
     cfg = config(root, hf, data)
     instrument()
     for name, overrides, resumed_from in (r for r in RUNS if r[0] in (names or DEFAULT)):
@@ -117,6 +124,7 @@ def main(root, hf, data, *names):
             cut(root / resumed_from, out)
         dist.barrier()
         PROBE.clear()
+        overrides = [o.format(root=root) for o in overrides]
         distill(argparse.Namespace(config=str(cfg), overrides=overrides, resume=resumed_from is not None,
                                    stop_after=None, out=str(out)))
         (out / f"probe_rank{dist.get_rank()}.json").write_text(json.dumps(PROBE))
