@@ -56,15 +56,17 @@ def _held_bytes() -> int:
 class PeakWindow:
     """held bytes at the start + the peak of the profiler's running allocation sum until `stop`."""
 
-    def __init__(self, not_counted: int = 0):
+    def __init__(self, not_counted: int = 0, table: bool = False):
         from torch.profiler import ProfilerActivity, profile
 
         gc.collect()
         self.held = _held_bytes() - not_counted
-        self.prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self.table = table and bool(os.environ.get("RAD_BENCH_TABLE"))
+        self.prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=self.table)
         self.prof.__enter__()
 
     def stop(self) -> float:
+        """held + the window's peak above it (also kept as `self.peak_above`)."""
         self.prof.__exit__(None, None, None)
         events = sorted((e for e in self.prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                         key=lambda e: e.start_ns())
@@ -72,6 +74,13 @@ class PeakWindow:
         for e in events:
             live += e.nbytes()
             peak = max(peak, live)
+        self.peak_above = peak
+        if self.table:  # where the window's bytes go, per op and input shape (students; RAD_BENCH_TABLE=1)
+            import torch.distributed as dist
+
+            table = self.prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_memory_usage", row_limit=25, max_name_column_width=40, max_shapes_column_width=80)
+            Path(os.environ["RAD_BENCH_OUT"], f"ops_rank{dist.get_rank()}.txt").write_text(table)
         return self.held + peak
 
 
@@ -83,7 +92,7 @@ def worker(a):
     from rad_megatron.pipeline import run_pipeline
 
     torch.set_num_threads(1)
-    state = {"steps": 0, "serves": 0, "window": None, "measured": None, "data": 0}
+    state = {"steps": 0, "serves": 0, "window": None, "measured": None, "held": None, "data": 0}
     zero_grad, step, serve = optim.StageOptimizer.zero_grad, optim.StageOptimizer.step, teacher.TeacherServer.serve
     build_data = run.build_data
 
@@ -97,13 +106,14 @@ def worker(a):
     def measured_zero_grad(self):
         state["steps"] += 1
         if state["steps"] == 2:
-            state["window"] = PeakWindow(state["data"])
+            state["window"] = PeakWindow(state["data"], table=True)
         return zero_grad(self)
 
     def measured_step(self):
         out = step(self)
         if state["window"] is not None and state["measured"] is None:
             state["measured"] = state["window"].stop()
+            state["held"] = state["window"].held
         return out
 
     def measured_serve(self, s, items, count, shape):
@@ -113,7 +123,7 @@ def worker(a):
             return serve(self, s, items, count, shape)
         window = PeakWindow(state["data"])
         out = serve(self, s, items, count, shape)
-        state["measured"] = window.stop()
+        state["measured"], state["held"] = window.stop(), window.held
         return out
 
     optim.StageOptimizer.zero_grad, optim.StageOptimizer.step = measured_zero_grad, measured_step
@@ -123,7 +133,8 @@ def worker(a):
     import torch.distributed as dist
 
     rank = dist.get_rank()
-    (Path(a.out) / f"measured_rank{rank}.json").write_text(json.dumps({"rank": rank, "bytes": state["measured"]}))
+    (Path(a.out) / f"measured_rank{rank}.json").write_text(json.dumps({"rank": rank, "bytes": state["measured"],
+                                                                      "held": state["held"]}))
 
 
 def _write_inputs(folder: Path) -> Path:
@@ -157,14 +168,15 @@ def _predicted(config: Path, overrides: list[str]) -> dict:
     job = build_job(load_run_config(config, overrides), 1, 3)
     s, t = student_memory(job, 0, CPU), teacher_memory(job, 0, CPU)
     fixed = s.weights + s.optimizer + s.stream + s.grads
-    return {"student": fixed + max(s.phases["train"], s.phases["optimizer"]), "teacher": t.peak,
-            "student_phase": max(("train", "optimizer"), key=lambda p: s.phases[p])}
+    return {"student": (fixed + max(s.phases["train"], s.phases["optimizer"]), fixed),
+            "teacher": (t.peak, t.weights + t.stream)}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "docs/results/plan_vs_measured.md"))
     ap.add_argument("--only", nargs="*", default=None, help="precision:recompute pairs, e.g. fp32:none")
+    ap.add_argument("--workdir", default=None, help="keep the model, configs and per-rank results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
@@ -174,7 +186,8 @@ def main():
         return worker(a)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = Path(a.workdir or tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         config = _write_inputs(tmp)
         for precision, recompute in [c for c in CONFIGS if a.only is None or ":".join(c) in a.only]:
             overrides = [f"system.precision={precision}", f"system.recompute={recompute}"]
@@ -187,17 +200,19 @@ def main():
                 sys.exit(f"{precision}/{recompute} failed:\n{proc.stderr[-4000:]}")
             pred = _predicted(config, overrides)
             for r in range(3):
-                got = json.loads((out / f"measured_rank{r}.json").read_text())["bytes"]
+                got = json.loads((out / f"measured_rank{r}.json").read_text())
                 side = "student" if r < 2 else "teacher"
-                rows.append((precision, recompute, r, side, pred[side], got))
+                rows.append((precision, recompute, r, side, *pred[side], got["bytes"], got["held"]))
             print(rows[-3:], flush=True)
-    lines = ["# rad plan vs measured peak memory per rank (CPU, gloo)", "", __doc__.split("\n\n")[1], "",
-             "| precision | recompute | rank | role | predicted | measured | predicted / measured |",
-             "|---|---|---|---|---|---|---|"]
-    for precision, recompute, r, side, pred, got in rows:
+    lines = ["# rad plan vs measured peak memory per rank (CPU, gloo)", "", __doc__.split("\n\n")[1],
+             __doc__.split("\n\n")[2], "",
+             "| precision | recompute | rank | role | predicted peak | measured peak | predicted / measured | "
+             "held all run: predicted | held at the window's start: measured |", "|---" * 9 + "|"]
+    for precision, recompute, r, side, pred, fixed, got, held in rows:
         lines.append(f"| {precision} | {recompute} | {r} | {side} (TP {2 if side == 'student' else 1}) | "
-                     f"{pred / GIB:.3f} GiB | {got / GIB:.3f} GiB | {pred / got:.3f} |")
-    worst = max(abs(p / g - 1) for *_, p, g in rows)
+                     f"{pred / GIB:.3f} GiB | {got / GIB:.3f} GiB | {pred / got:.3f} | {fixed / GIB:.3f} GiB | "
+                     f"{held / GIB:.3f} GiB |")
+    worst = max(abs(row[4] / row[6] - 1) for row in rows)
     lines += ["", f"Largest deviation: {100 * worst:.1f}% (goal: within 25%).", "",
               "Measured by `python bench/plan_vs_measured.py` (the method is in its docstring)."]
     Path(a.out).write_text("\n".join(lines) + "\n")

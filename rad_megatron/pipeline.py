@@ -41,14 +41,14 @@ def run_pipeline(cfg, system, train_cfg, data_cfg, resume=False, stop_after=None
     source = cfg.model
     if role.is_student:
         build = system.student.options()
-        # the swap works on the whole model (this rank's TP shard), which then becomes this rank's pipeline stage
-        model, tok, meta = _load(source, role.tp, role.tp_rank, process_group=role.student_group,
-                                 **{**build, "pp": 1})
+        # each pipeline stage swaps the blocks it holds (the Mamba layers' default-initialised parameters are drawn
+        # per stage, so they differ from a PP 1 run's; `rad swap` + `rad distill` gives the same student at any PP)
+        model, tok, meta = _load(source, role.tp, role.tp_rank, process_group=role.student_group, **build)
         model = swap_attention_to_mamba(model, layers, init=cfg.swap.init, seed=cfg.swap.seed)
-        if role.pp > 1 or build["recompute"] != "none" or build["sequence_parallel"]:  # the swap builds plainly
-            from rad_megatron.checkpoint.shard import to_pipeline_stage
+        if build["recompute"] != "none" or build["sequence_parallel"]:  # the swap builds without them
+            from rad_megatron.checkpoint.shard import rebuilt
 
-            model = to_pipeline_stage(model, **build)
+            model = rebuilt(model, **build)
         meta = {"source": meta.get("source"), "swaps": model.rad_swaps,
                 "mamba_init": {str(b): cfg.swap.init for b in layers}}
     else:

@@ -193,28 +193,20 @@ def load_full_state_dict(model, full: dict[str, torch.Tensor], tp: int, tp_rank:
             params[k].copy_(v.to(params[k].dtype))
 
 
-def to_pipeline_stage(model, pp: int, **build):
-    """This rank's pipeline stage (of `pp`) of a whole model (this rank's TP shard): built with build_model's `build`
-    options and given the stage's part of the weights, so a model swapped whole becomes a stage without a save."""
+
+def rebuilt(model, **build):
+    """The same model (this rank's TP shard and pipeline stage, same weights) built again with other build_model
+    runtime options (`build`: dtype, recompute, sequence_parallel, pp = the model's own)."""
     from rad_megatron.model.build import build_model
 
-    stage = build_model(model.rad_config, tp=model.rad_tp, pp=pp, device=next(model.parameters()).device, **build)
-    load_tp_shard(stage, {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")})
+    build = {**build, "pp": getattr(model, "rad_pp", 1)}
+    new = build_model(model.rad_config, tp=model.rad_tp, device=next(model.parameters()).device, **build)
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    missing = sorted(set(k for k in new.state_dict() if not k.endswith("_extra_state")) - set(own))
+    if missing:
+        raise RadError(f"rebuild: no weights for '{missing[0]}'")
+    new.load_state_dict(own, strict=False)
     for name in ("rad_swaps", "rad_meta"):
         if hasattr(model, name):
-            setattr(stage, name, getattr(model, name))
-    return stage
-
-
-def load_tp_shard(model, shard: dict[str, torch.Tensor]) -> None:
-    """Copy an already TP-sharded whole-model state dict into `model` (a pipeline stage takes its part)."""
-    own = dict(model.named_parameters())
-    own.update(dict(model.named_buffers()))
-    part = stage_state_dict(shard, model)
-    missing = sorted(k for k in own if k not in part and not k.endswith("_extra_state"))
-    if missing:
-        raise RadError(f"pipeline stage: no weights for '{missing[0]}'")
-    with torch.no_grad():
-        for k, v in part.items():
-            if k in own:
-                own[k].copy_(v.to(own[k].dtype))
+            setattr(new, name, getattr(model, name))
+    return new

@@ -70,6 +70,19 @@ def test_every_run_trains(runs):
     assert ev[-1] < 0.5 * ev[0], ev
 
 
+def test_pipeline_swaps_on_each_stage(dist, runs):
+    """`rad pipeline` at PP 2 (full recompute): each stage swaps the block it holds (one on each), every stage's
+    new layer trains, and the checkpoint records the swap and the stage split."""
+    rows = _metrics(runs, "pipeline_pp2")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert all(r["grad_norm"] > 1e-4 for r in rows if "loss" in r)
+    final = _weights(runs, "pipeline_pp2")
+    for layer in (2, 4):  # block 1 on stage 0, block 2 on stage 1: rad_zero's in_proj starts at 0
+        assert final[f"decoder.layers.{layer}.mixer.in_proj.weight"].abs().max() > 0, layer
+    meta = json.loads((runs / "runs/pipeline_pp2/checkpoints/step_000004/rad_meta.json").read_text())
+    assert meta["mamba_init"] == {"1": "rad_zero", "2": "rad_zero"} and meta["saved_pp"] == 2
+
+
 def test_student_pp2_equals_pp1(dist, runs):
     """Megatron's 1F1B schedule over two stages (one new Mamba layer on each, targets on the last stage) == one
     stage: loss trace, held-out KL, gradient norms and final weights."""

@@ -30,6 +30,10 @@ RUNS = [  # name, overrides, run resumed from (its step-CUT checkpoint)
     # nothing and holds Megatron's stub optimizer
     ("pp2_stub", ["system.student_pp=2", "model.ckpt={root}/student_late"], None),
     ("pp2_stub_to_pp1", ["distill.roles.teacher_ranks=2", "model.ckpt={root}/student_late"], "pp2_stub"),
+    # `rad pipeline` at PP 2 with full recompute: each stage swaps the block it holds (rad_zero: the swapped
+    # student equals the original with those attention layers skipped, whatever the stage split)
+    ("pipeline_pp2", ["system.student_pp=2", "system.recompute=full", "model.ckpt=null", "model.hf={hf}",
+                      "swap.layers=[1,2]", "swap.init=rad_zero"], None),
     # Megatron's sequence parallelism at student TP 2 (teacher TP 1): run only when named (needs #16a's local spec)
     ("sp_tp2", ["distill.roles.student_tp=2", "system.sequence_parallel=true"], None),
 ]
@@ -108,7 +112,7 @@ def cut(src: Path, dst: Path):
 
 
 def main(root, hf, data, *names):
-    from rad_megatron.commands.distill import distill
+    from rad_megatron.commands.distill import distill, pipeline
 
     from rad_megatron.distributed import ParallelConfig, init_distributed
 
@@ -124,8 +128,9 @@ def main(root, hf, data, *names):
             cut(root / resumed_from, out)
         dist.barrier()
         PROBE.clear()
-        overrides = [o.format(root=root) for o in overrides]
-        distill(argparse.Namespace(config=str(cfg), overrides=overrides, resume=resumed_from is not None,
+        overrides = [o.format(root=root, hf=hf) for o in overrides]
+        command = pipeline if name.startswith("pipeline") else distill
+        command(argparse.Namespace(config=str(cfg), overrides=overrides, resume=resumed_from is not None,
                                    stop_after=None, out=str(out)))
         (out / f"probe_rank{dist.get_rank()}.json").write_text(json.dumps(PROBE))
         dist.barrier()
