@@ -128,7 +128,8 @@ def worker(a):
 
     optim.StageOptimizer.zero_grad, optim.StageOptimizer.step = measured_zero_grad, measured_step
     teacher.TeacherServer.serve, run.build_data = measured_serve, counted_build_data
-    cfg, system, train_cfg, data_cfg = _setup(argparse.Namespace(config=a.config, overrides=a.overrides, out=a.out))
+    cfg, system, train_cfg, data_cfg = _setup(argparse.Namespace(config=a.config, overrides=a.overrides, out=a.out,
+                                                                 resume=False, force=False))
     run_pipeline(cfg, system, train_cfg, data_cfg)
     import torch.distributed as dist
 

@@ -17,11 +17,6 @@ rad_home() {
 }
 
 # The checkout's venv if it has one (a `make install` checkout), else whatever is on PATH (the Docker image).
-default_torchrun() {
-  local home; home=$(rad_home)
-  if [ -x "$home/.venv/bin/torchrun" ]; then echo "$home/.venv/bin/torchrun"; else echo torchrun; fi
-}
-
 default_python() {
   local home; home=$(rad_home)
   if [ -x "$home/.venv/bin/python" ]; then echo "$home/.venv/bin/python"; else echo python3; fi

@@ -18,7 +18,9 @@
 #   RDZV_TIMEOUT_S  how long a node waits for the others to join before failing (300)
 #   LOG_DIR         per-rank stdout/stderr under LOG_DIR/<run>/attempt_<n>/<local rank>/, also tee'd to the
 #                   console with a [rankN] prefix (unset: ranks write to the console directly)
-#   TORCHRUN        torchrun executable (the checkout's .venv/bin/torchrun if present, else torchrun)
+#   TORCHRUN        launcher executable (default: python -m rad_megatron.torchrun with the checkout's .venv python if
+#                   present, else python3: torchrun whose exit status is the failing rank's `rad` status, 2 for bad
+#                   input and 3 for a run stopped by a fault, instead of torchrun's 1 and its traceback)
 # RAD_DIST_TIMEOUT_S (collective timeout, read by rad_megatron.distributed.init) passes through unchanged.
 set -euo pipefail
 # shellcheck disable=SC2034  # read by die() in lib.sh
@@ -45,7 +47,7 @@ RDZV_ID=${RDZV_ID:-${SLURM_JOB_ID:-rad}}
 RDZV_TIMEOUT_S=${RDZV_TIMEOUT_S:-300}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 if [ "$NNODES" = 1 ]; then MASTER_PORT=${MASTER_PORT:-0}; else MASTER_PORT=${MASTER_PORT:-29500}; fi
-TORCHRUN=${TORCHRUN:-$(default_torchrun)}
+if [ -n "${TORCHRUN:-}" ]; then launcher=("$TORCHRUN"); else launcher=("$(default_python)" -m rad_megatron.torchrun); fi
 
 need_uint NNODES "$NNODES" 1
 need_uint NPROC_PER_NODE "$NPROC_PER_NODE" 1
@@ -61,7 +63,7 @@ if [ -n "${LOG_DIR:-}" ]; then
   # tee'd lines carry the global rank, so one job log shows which rank said what
   cmd+=(env 'TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE=[rank${rank}]: ')
 fi
-cmd+=("$TORCHRUN" "--nnodes=$NNODES" "--nproc-per-node=$NPROC_PER_NODE")
+cmd+=("${launcher[@]}" "--nnodes=$NNODES" "--nproc-per-node=$NPROC_PER_NODE")
 case "$RDZV_BACKEND" in
   c10d)
     cmd+=(--rdzv-backend=c10d "--rdzv-endpoint=$MASTER_ADDR:$MASTER_PORT" "--rdzv-id=$RDZV_ID"

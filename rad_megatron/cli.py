@@ -1,7 +1,8 @@
 """`rad` command line: parse arguments, then call one library function per command.
 
 Every command runs the same single-process (`rad ...`, `python -m rad_megatron ...`) or distributed
-(`torchrun --nproc-per-node N -m rad_megatron ...`). Bad input is one line on stderr and exit status 2.
+(`torchrun --nproc-per-node N -m rad_megatron ...`). Bad input is one line on stderr and exit status 2; a run stopped
+by a fault (rad_megatron.errors.RunStopped) is one line and exit status 3.
 """
 
 from __future__ import annotations
@@ -56,10 +57,18 @@ def _add_swap(sub):
 COMMAND_MODULES = ("probe", "distill", "eval", "convert", "study", "plan")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit status 2, like every other bad input."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="rad", description="Redundancy-Aware Distillation on Megatron-Core")
+    parser = OneLineParser(prog="rad", description="Redundancy-Aware Distillation on Megatron-Core")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and info logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_verify, _add_generate, _add_swap):
@@ -75,7 +84,22 @@ def _quiet():
     # Megatron and transformers warn about optional accelerators (TE, Apex) at import; not actionable on CPU.
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
+    # a failed checkpoint write is one RunStopped line naming the cause; Megatron's writer would log it twice more
+    logging.getLogger("megatron.core.dist_checkpointing").setLevel(logging.CRITICAL)
+    # datasets logs a data file it cannot parse before raising (and sets its level when imported, from this variable);
+    # the one error line names the file and the line
+    os.environ.setdefault("DATASETS_VERBOSITY", "critical")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # "Generating train split" bars on every load
+
+
+def _end_progress_bars():
+    """A run stopped mid-loop leaves its tqdm bar without a newline; close it so the error is a line of its own."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def main(argv=None) -> int:
@@ -90,7 +114,8 @@ def main(argv=None) -> int:
 
         return int(getattr(importlib.import_module(module), func)(args) or 0)
     except RadError as e:
+        _end_progress_bars()
         # one write per line: ranks of a torchrun job share stderr, and print() writes the newline separately
         sys.stderr.write(f"rad {args.command}: error: {e}\n")
         sys.stderr.flush()
-        return 2
+        return e.exit_status

@@ -211,16 +211,9 @@ def _rope_scaling_from_hf(c: dict) -> RopeScaling | None:
 
 
 def _from_dict(cls, d: dict[str, Any], where: str):
-    if not isinstance(d, dict):
-        raise RadError(f"{where} must be a mapping, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in d:
-        if key not in names:
-            raise RadError(f"unknown config key '{where}.{key}'{closest(key, names)}")
-    try:
-        return cls(**d)
-    except TypeError as e:  # a missing required field
-        raise RadError(f"{where}: {e}") from None
+    from rad_megatron.validation import from_dict  # typed like every config section (unknown keys, types)
+
+    return from_dict(cls, d, where)
 
 
 def _divisors(n: int) -> list[int]:

@@ -23,9 +23,7 @@ def run_pipeline(cfg, system, train_cfg, data_cfg, resume=False, stop_after=None
     from rad_megatron.distributed import ParallelConfig, init_distributed
     from rad_megatron.swap import swap_attention_to_mamba
 
-    out = Path(cfg.out)
-    if (out / "metrics.jsonl").exists() and not resume:
-        raise RadError(f"run folder '{out}' already holds a run; pass --resume to continue it or choose another --out")
+    out = Path(cfg.out)  # the command checked it (rad_megatron.run_folder) before anything was written
     t0 = time.perf_counter()
     prepare_sources(cfg.model, cfg.distill.teacher)
     ctx = init_distributed(ParallelConfig(tp=1, seed=train_cfg.seed))

@@ -1,20 +1,19 @@
 """Run configuration: YAML files -> validated dataclasses, with `base:` inheritance and dotted overrides (`a.b=c`).
 
 Unknown keys are refused with the closest known key; values are parsed as YAML scalars (`distill.train.grad_accum=4`,
-`swap.layers=[3,7]`).
+`swap.layers=[3,7]`); every field of every section is typed and range-checked at the door (rad_megatron.validation).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from rad_megatron.errors import RadError, closest
+from rad_megatron.errors import RadError
+from rad_megatron.validation import from_dict, rules, sections_unchecked
 
 
 @dataclass
@@ -38,23 +37,23 @@ class ProbeSection:
 
     prompts: str = ""
     """Prompt file (.jsonl/.txt) or hub dataset."""
-    num_prompts: int = 4
+    num_prompts: int = field(default=4, metadata=rules(ge=1))
     """Prompts used."""
-    k: int = 4
+    k: int = field(default=4, metadata=rules(ge=1))
     """Skip-set size = number of attention layers to replace."""
-    trials: int = 12
+    trials: int = field(default=12, metadata=rules(ge=1))
     """Bayesian-optimisation trials."""
-    draft_len: int = 4
+    draft_len: int = field(default=4, metadata=rules(ge=1))
     """Draft tokens per verify step."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = field(default=32, metadata=rules(ge=1))
     """Tokens generated per prompt."""
-    objective: str = "throughput"
+    objective: str = field(default="throughput", metadata=rules(choices=("throughput", "tokens_per_s", "acceptance")))
     """throughput (cost model) | tokens_per_s | acceptance."""
-    costs: str = "flops"
+    costs: str = field(default="flops", metadata=rules(choices=("flops", "measured")))
     """Per-layer cost model: flops | measured."""
     chat: bool = True
     """Apply the chat template to prompts."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=rules(ge=0))
     """Search seed."""
 
 
@@ -62,15 +61,15 @@ class ProbeSection:
 class SwapSection:
     """Which layers become Mamba and how they are initialised."""
 
-    layers: list[int] | None = None
+    layers: list[int] | None = field(default=None, metadata=rules(ge=0, min_len=1))
     """Explicit layers; None: the set `strategy` picks (probe.k layers)."""
-    strategy: str = "rad"
+    strategy: str = field(default="rad", metadata=rules(choices="rad_megatron.study.strategies:STRATEGIES"))
     """How layers are picked when `layers` is None: rad (the probe's searched set) | uniform (MIL: every n-th
     attention layer) | random (seeded by `seed`) | worst (lowest per-layer probe scores) | kl (smallest
     KL(full || layer skipped)); see study.strategies."""
-    init: str = "rad_zero"
+    init: str = field(default="rad_zero", metadata=rules(choices="rad_megatron.swap:INITS"))
     """mil | rad_zero | random."""
-    seed: int = 1234
+    seed: int = field(default=1234, metadata=rules(ge=0))
     """Seed of the new layers' default init."""
 
 
@@ -78,11 +77,12 @@ class SwapSection:
 class DistillSection:
     """Targeted distillation."""
 
-    roles: dict = field(default_factory=lambda: {"teacher_ranks": 1, "teacher_tp": 1, "student_tp": 1})
+    roles: dict = field(default_factory=lambda: {"teacher_ranks": 1, "teacher_tp": 1, "student_tp": 1},
+                        metadata=rules(schema="rad_megatron.distill.roles:RoleLayout"))
     """RoleLayout fields: teacher_ranks, teacher_tp, student_tp."""
     teacher: ModelSource = field(default_factory=ModelSource)
     """Teacher model; empty means self-distillation from the original model."""
-    train: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict, metadata=rules(schema="rad_megatron.distill.trainer:TrainConfig"))
     """TrainConfig fields (stages, micro_batch_size, grad_accum, loss, stream, optim, eval_every, ...)."""
 
 
@@ -95,29 +95,19 @@ class SystemSection:
     """How a run maps onto accelerators. The trainer and `rad plan` resolve it through one function
     (distill.system.resolve_system), so the plan sizes what `rad distill` / `rad pipeline` run."""
 
-    precision: str = "fp32"
+    precision: str = field(default="fp32", metadata=rules(choices=PRECISIONS))
     """fp32 | bf16. bf16: bf16 weights and activations, fp32 gradients, fp32 master weights and Adam states
     (Megatron's mixed precision); the teacher runs in bf16 too. Losses are fp32 either way."""
-    recompute: str = "none"
+    recompute: str = field(default="none", metadata=rules(choices=RECOMPUTE))
     """Activation recompute: none | selective (core attention recomputed in the backward pass, Megatron's default
     selective module) | full (every layer recomputed from its saved input)."""
-    student_pp: int = 1
+    student_pp: int = field(default=1, metadata=rules(ge=1))
     """Pipeline stages of each student replica (student ranks = student_tp * student_pp * data-parallel size)."""
-    teacher_pp: int = 1
+    teacher_pp: int = field(default=1, metadata=rules(ge=1))
     """Pipeline stages of each teacher replica (teacher_ranks = teacher_tp * teacher_pp * teacher replicas)."""
     sequence_parallel: bool = False
     """Megatron's sequence parallelism for tensor-parallel ranks (TP > 1): norms, residuals and dropout run on a
     1/TP slice of the sequence, cutting activation memory by ~TP outside attention and the mixers."""
-
-    def __post_init__(self):
-        for name, allowed in (("precision", PRECISIONS), ("recompute", RECOMPUTE)):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise RadError(f"system.{name}='{value}' is not one of {', '.join(allowed)}"
-                               f"{closest(str(value), allowed)}")
-        for name in ("student_pp", "teacher_pp"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise RadError(f"system.{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -130,7 +120,7 @@ class RunConfig:
     """Redundancy probe."""
     swap: SwapSection = field(default_factory=SwapSection)
     """Attention -> Mamba replacement."""
-    data: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict, metadata=rules(schema="rad_megatron.data.datasets:DataConfig"))
     """DataConfig fields (path, format, seq_len, held_out, ...)."""
     distill: DistillSection = field(default_factory=DistillSection)
     """Distillation."""
@@ -151,7 +141,15 @@ def read_yaml(path: Path, seen=()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise RadError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RadError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}; "
+                       f"fix the file (indentation, a missing ':' or an unclosed bracket)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RadError(f"config file {path} cannot be read: {err}") from None
     if not isinstance(data, dict):
         raise RadError(f"config file {path} must hold a mapping")
     _anchor_arch_paths(data, path.parent)
@@ -210,43 +208,21 @@ def _override_value(item: str, key: str, value: str):
                        f"e.g. '{key}=[\"*-k4-*\"]' or '{key}=\"a: b\"'") from None
 
 
-def from_dict(cls, data, where: str):
-    """Build dataclass `cls` from a mapping, refusing unknown keys (naming the closest) and recursing into fields."""
-    if not isinstance(data, dict):
-        raise RadError(f"{where} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in data.items():
-        if k not in names:
-            raise RadError(f"unknown config key '{where}.{k}'{closest(k, names)}")
-        t = hints[k]
-        kwargs[k] = from_dict(t, v, f"{where}.{k}") if dataclasses.is_dataclass(t) and isinstance(v, dict) else v
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise RadError(f"{where}: {e}") from None
-
-
-def load_run_config(path, overrides: list[str] = ()) -> RunConfig:
-    return from_dict(RunConfig, apply_overrides(read_yaml(Path(path)), list(overrides)), "config")
+def load_run_config(path, overrides: list[str] = (), sections: bool = True) -> RunConfig:
+    """The run config of YAML file `path` with dotted `overrides`, every field of every section checked (the dict
+    sections as TrainConfig, RoleLayout and DataConfig) before anything runs. `sections=False` leaves the dict
+    sections' fields to build_train_config & co. (no torch import: for a launcher that only reads `out`)."""
+    data = apply_overrides(read_yaml(Path(path)), list(overrides))
+    if sections:
+        return from_dict(RunConfig, data, "config")
+    with sections_unchecked():
+        return from_dict(RunConfig, data, "config")
 
 
 def build_train_config(section: DistillSection):
-    from rad_megatron.distill.losses import LossWeights
-    from rad_megatron.distill.stream import StreamConfig
-    from rad_megatron.distill.targeting import Stage
-    from rad_megatron.distill.trainer import OptimConfig, TrainConfig
+    from rad_megatron.distill.trainer import TrainConfig
 
-    train = dict(section.train)
-    nested = {"loss": LossWeights, "stream": StreamConfig, "optim": OptimConfig}
-    for k, cls in nested.items():
-        if k in train:
-            train[k] = from_dict(cls, train[k], f"config.distill.train.{k}")
-    if "stages" in train:
-        train["stages"] = [from_dict(Stage, s, f"config.distill.train.stages[{i}]")
-                           for i, s in enumerate(train["stages"])]
-    return from_dict(TrainConfig, train, "config.distill.train")
+    return from_dict(TrainConfig, dict(section.train), "config.distill.train")
 
 
 def build_roles(section: DistillSection):

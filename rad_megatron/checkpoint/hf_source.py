@@ -17,6 +17,7 @@ import torch
 from rad_megatron.errors import RadError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -26,7 +27,9 @@ class HFSource:
     folder: Path
 
     def config(self) -> dict:
-        return json.loads((self.folder / "config.json").read_text())
+        from rad_megatron.files import read_json
+
+        return read_json(self.folder / "config.json", "HF config", "copy or download the model folder again")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
@@ -45,6 +48,24 @@ class HFSource:
         for f in files:
             sd.update(load_file(str(f)))
         return sd
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+
+def load_hf_tokenizer(folder: Path):
+    """The tokenizer of an HF folder; None when the folder has no tokenizer files (weights-only folders, e.g. a MIL
+    checkpoint); one line naming the folder when its tokenizer files cannot be read."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001 - transformers raises several types for a broken tokenizer
+        raise RadError(f"the tokenizer files in '{folder}' cannot be read ({type(e).__name__}); copy them again, or "
+                       f"remove them to convert the weights alone") from None
 
 
 def default_model_path() -> Path:
@@ -77,6 +98,10 @@ def resolve(path: str | os.PathLike | None, cache_dir: Path | None = None) -> HF
         path = ggufs[0]
     if path.suffix != ".gguf":
         raise RadError(f"--hf {path}: expected an HF folder or a .gguf file")
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise RadError(f"--hf {path}: not a GGUF file (it does not start with the bytes 'GGUF'); give an HF "
+                           f"folder or a real .gguf file")
     return HFSource(_gguf_to_safetensors(path, cache_dir or default_cache_dir()))
 
 
@@ -94,8 +119,13 @@ def _gguf_to_safetensors(path: Path, cache_dir: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        try:
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        except Exception as e:  # noqa: BLE001 - a truncated or unsupported GGUF fails deep in the reader
+            raise RadError(f"--hf {path}: cannot read this GGUF file ({type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); download it again "
+                           f"or convert the model to an HF folder") from None
         cfg = model.config
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config  # a GGUF-loaded model refuses to serialise; copy into a clean one

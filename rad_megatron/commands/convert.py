@@ -83,17 +83,19 @@ def run(args) -> int:
 
 
 def _import(args, ctx, out) -> int:
-    from transformers import AutoTokenizer
-
     from rad_megatron.checkpoint.hf_import import model_from_hf
+    from rad_megatron.checkpoint.hf_source import load_hf_tokenizer
     from rad_megatron.checkpoint.store import save_model
 
     source = resolve_on_main_first(args.hf)
+    tokenizer = load_hf_tokenizer(source.folder)  # None for a weights-only folder: the checkpoint has no tokenizer/
     model, cfg = model_from_hf(source, tp=ctx.tp, tp_rank=ctx.tp_rank, pp=ctx.pp)
-    save_model(model, out, force=args.force, tokenizer=AutoTokenizer.from_pretrained(source.folder),
+    save_model(model, out, force=args.force, tokenizer=tokenizer,
                metadata={"source": str(source.folder), "mamba_init": {str(b): "imported" for b in cfg.mamba_layers}})
     if ctx.is_main:
-        print(f"wrote {out} ({cfg.num_layers} layers, saved at TP={ctx.tp} PP={ctx.pp})")
+        note = "" if tokenizer is not None else (f"; {source.folder} has no tokenizer files, so neither has the "
+                                                 f"checkpoint (commands that tokenize text will ask for one)")
+        print(f"wrote {out} ({cfg.num_layers} layers, saved at TP={ctx.tp} PP={ctx.pp}){note}")
     return 0
 
 

@@ -12,13 +12,17 @@ def add_parsers(sub):
         p.add_argument("--config", required=True, help="YAML run config (configs/...)")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. distill.train.grad_accum=2")
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint under the output")
+        p.add_argument("--force", action="store_true",
+                       help="start a new run in an output folder that holds files, moving them aside to OUT.old-<time>")
         p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this step")
         p.add_argument("--out", default=None, help="output folder (overrides the config's `out`)")
         p.set_defaults(run=f"rad_megatron.commands.distill:{name}")
 
 
 def _setup(args):
+    """Every check before anything is written; then --force moves an earlier run aside."""
     from rad_megatron.distill.system import resolve_system
+    from rad_megatron.run_folder import check_run_folder, move_aside
     from rad_megatron.settings import build_data_config, build_roles, build_train_config, load_run_config
 
     cfg = load_run_config(args.config, args.overrides)
@@ -26,7 +30,11 @@ def _setup(args):
         cfg.out = args.out
     data_cfg = build_data_config(cfg.data)
     system = resolve_system(cfg.system, build_roles(cfg.distill), data_cfg.seq_len)
-    return cfg, system, build_train_config(cfg.distill), data_cfg
+    parts = cfg, system, build_train_config(cfg.distill), data_cfg
+    check_run_folder(Path(cfg.out), args.resume, args.force)
+    if args.force:
+        move_aside(Path(cfg.out))
+    return parts
 
 
 def distill(args) -> int:

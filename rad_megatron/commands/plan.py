@@ -3,11 +3,10 @@ config on a GPU allocation; exit 2 when a layout cannot exist or a rank does not
 
 from __future__ import annotations
 
-import argparse
 import json
 
 
-class _Intermixed(argparse.ArgumentParser):
+class _Intermixed:
     """Lets dotted overrides follow the options too (`rad plan C --nodes 2 a.b=c`); plain argparse stops collecting
     positionals at the first option."""
 
@@ -25,7 +24,7 @@ class _Intermixed(argparse.ArgumentParser):
 
 def add_parser(sub):
     p = sub.add_parser("plan", help="per-rank memory, FLOPs per step and step time of a run config on N GPUs")
-    p.__class__ = _Intermixed
+    p.__class__ = type("IntermixedParser", (_Intermixed, type(p)), {})  # keeps the CLI's one-line usage errors
     p.add_argument("config", help="YAML run config (configs/experiments/...)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. distill.train.micro_batch_size=1")
     p.add_argument("--nodes", type=int, default=1, help="nodes in the allocation")
@@ -43,12 +42,17 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from rad_megatron.plan import KERNELS, build_job, check_fits, format_plan, make_plan, plan_json
-    from rad_megatron.settings import load_run_config
+    from dataclasses import fields
 
+    from rad_megatron.plan import KERNELS, build_job, check_fits, format_plan, make_plan, plan_json
+    from rad_megatron.plan.inputs import PlanInputs
+    from rad_megatron.settings import load_run_config
+    from rad_megatron.validation import from_dict
+
+    hw = from_dict(PlanInputs, {f.name: getattr(args, f.name) for f in fields(PlanInputs)}, "rad plan", flags=True)
     cfg = load_run_config(args.config, args.overrides)
-    job = build_job(cfg, args.nodes, args.gpus_per_node)
-    plan = make_plan(job, KERNELS[args.kernels], args.gpu_mem_gib, args.reserve_gib, args.mfu, args.peak_tflops)
+    job = build_job(cfg, hw.nodes, hw.gpus_per_node)
+    plan = make_plan(job, KERNELS[hw.kernels], hw.gpu_mem_gib, hw.reserve_gib, hw.mfu, hw.peak_tflops)
     print(format_plan(plan, title=str(args.config)), flush=True)
     if args.json:
         print(json.dumps(plan_json(plan)), flush=True)

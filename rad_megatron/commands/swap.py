@@ -17,8 +17,7 @@ def parse_layers(text: str) -> list[int]:
 
 def _strategy_evidence(args):
     """The probe evidence --strategy needs (None for uniform / random); checked before any model is loaded."""
-    import json
-
+    from rad_megatron.files import read_json
     from rad_megatron.study.strategies import NEEDS_PROBE, ProbeEvidence
 
     if bool(getattr(args, "layers", None)) == bool(getattr(args, "strategy", None)):
@@ -32,7 +31,11 @@ def _strategy_evidence(args):
     if not args.probe or not Path(args.probe).is_file():
         raise RadError(f"--strategy {args.strategy} needs --probe PROBE.json (the {NEEDS_PROBE[args.strategy]}); "
                        f"got {args.probe!r}")
-    return ProbeEvidence.from_reports([json.loads(Path(args.probe).read_text())])
+    report = read_json(args.probe, "--probe", "give the probe.json `rad probe` wrote")
+    if not isinstance(report, dict) or not report.get("per_layer"):
+        raise RadError(f"--probe '{args.probe}' is not a `rad probe` report (no per-layer scores); give the probe.json "
+                       f"`rad probe` wrote")
+    return ProbeEvidence.from_reports([report])
 
 
 def run(args) -> int:

@@ -28,21 +28,21 @@ def run(args) -> int:
 
     tok = AutoTokenizer.from_pretrained(source.folder)
     ids = torch.tensor([tok(args.text)["input_ids"]])
-    with torch.no_grad():  # ours on the rank's device, the transformers reference on the host
+    with torch.no_grad():  # both models on the rank's device (the same GPU where there is one), fp32
         ours = forward_logits(model, ids.to(ctx.device)).cpu()
     ours_tokens = greedy_recompute(model, ids.to(ctx.device), args.tokens).cpu()
     result = None
     if ctx.is_main:
         from transformers import AutoModelForCausalLM
 
-        hf = AutoModelForCausalLM.from_pretrained(source.folder, dtype=torch.float32).eval()
+        hf = AutoModelForCausalLM.from_pretrained(source.folder, dtype=torch.float32).to(ctx.device).eval()
         with torch.no_grad():
-            ref = hf(ids).logits
+            ref = hf(ids.to(ctx.device)).logits.cpu()
         diff = (ours - ref).abs().max().item()
-        hf_tokens = _hf_greedy(hf, ids, args.tokens)
+        hf_tokens = _hf_greedy(hf, ids.to(ctx.device), args.tokens).cpu()
         equal = bool(torch.equal(ours_tokens, hf_tokens))
         result = {"max_abs_logit_diff": diff, "greedy_tokens_equal": equal, "tp": ctx.tp,
-                  "tokens": args.tokens, "tol": args.tol,
+                  "tokens": args.tokens, "tol": args.tol, "device": str(ctx.device),
                   "completion": tok.decode(ours_tokens[0, ids.shape[1]:])}
     print_json_main(ctx, result)
     ok = result is None or (result["max_abs_logit_diff"] <= args.tol and result["greedy_tokens_equal"])

@@ -4,12 +4,13 @@ packed into fixed-length sequences, and a sampler whose position can be saved an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from rad_megatron.errors import RadError
+from rad_megatron.validation import rules
 
 
 @dataclass
@@ -18,7 +19,7 @@ class DataConfig:
 
     path: str = ""
     """Local .jsonl / .json / .txt / .parquet file, or a hub dataset name (needs a network)."""
-    format: str = "auto"
+    format: str = field(default="auto", metadata=rules(choices=("auto", "chat", "text")))
     """'chat' (prompt_field + response_field through the chat template), 'text' (text_field), or 'auto'."""
     prompt_field: str = "question"
     """Chat format: the user turn."""
@@ -26,13 +27,13 @@ class DataConfig:
     """Chat format: the assistant turn (the only tokens the loss sees)."""
     text_field: str = "text"
     """Text format: the document."""
-    seq_len: int = 256
+    seq_len: int = field(default=256, metadata=rules(ge=1))
     """Tokens per packed training sequence."""
-    held_out: int = 16
+    held_out: int = field(default=16, metadata=rules(ge=0))
     """Examples set aside (before packing) for held-out evaluation."""
-    max_examples: int | None = None
+    max_examples: int | None = field(default=None, metadata=rules(ge=1))
     """Use at most this many examples (after the held-out split); None: all."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=rules(ge=0))
     """Shuffle seed of the example order and of the sampler."""
 
 
@@ -46,12 +47,34 @@ def load_examples(cfg: DataConfig) -> list[dict]:
         kind = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}.get(path.suffix)
         if kind is None:
             raise RadError(f"data.path {path}: unsupported suffix '{path.suffix}' (use .jsonl, .txt or .parquet)")
-        ds = load_dataset(kind, data_files=str(path), split="train")
+        try:
+            ds = load_dataset(kind, data_files=str(path), split="train")
+        except Exception as e:  # noqa: BLE001 - datasets wraps the parser's error; name the file and the line
+            raise RadError(f"data.path {path}: {_unreadable(path, kind, e)}") from None
     elif "/" in cfg.path and not cfg.path.startswith((".", "/")):
         ds = load_dataset(cfg.path, split="train")
     else:
         raise RadError(f"data.path {cfg.path}: no such file")
     return list(ds)
+
+
+def _unreadable(path: Path, kind: str, err: Exception) -> str:
+    """What is wrong with a data file `datasets` could not read: the first line that is not a JSON object (.jsonl),
+    else the parser's own first line."""
+    import json
+
+    if kind == "json" and path.suffix == ".jsonl":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        return f"line {n} is not a JSON object; every line must be one example {{...}}"
+                except ValueError as e:
+                    return f"line {n} is not valid JSON ({e}); fix or remove that line"
+    cause = err.__cause__ or err
+    return f"cannot be read as {kind} ({type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:160]})"
 
 
 def _format(cfg: DataConfig, example: dict) -> str:

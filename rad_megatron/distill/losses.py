@@ -11,10 +11,12 @@ unmasked tokens (MIL normalises by batch instead; per-token keeps the LR indepen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from rad_megatron.validation import rules
 
 _EPS = 1e-12
 
@@ -100,13 +102,13 @@ def full_kl(student_logp_local, teacher_logp_local, group, reverse=False):
 class LossWeights:
     """loss = fkl * FKL_T + rkl * RKL_T + ce * CE(labels); KL terms are scaled by T^2."""
 
-    fkl: float = 1.0
+    fkl: float = field(default=1.0, metadata=rules(ge=0))
     """Weight of forward KL(teacher || student)."""
-    rkl: float = 0.0
+    rkl: float = field(default=0.0, metadata=rules(ge=0))
     """Weight of reverse KL(student || teacher)."""
-    ce: float = 0.0
+    ce: float = field(default=0.0, metadata=rules(ge=0))
     """Weight of cross-entropy on the data labels."""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata=rules(gt=0))
     """Softmax temperature of both teacher and student inside the KL terms."""
 
 

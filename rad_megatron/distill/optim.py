@@ -12,29 +12,30 @@ format at every layout and resumes at another TP, PP or DP size (`sharded_state_
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from rad_megatron.distributed.cpu import megatron_cuda_on_cpu
+from rad_megatron.validation import rules
 
 
 @dataclass
 class OptimConfig:
     """Adam(W) through Megatron's optimizer, and its schedule (applied per stage)."""
 
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata=rules(ge=0))
     """MIL trains the new layers without weight decay (Megatron never decays biases and norms)."""
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[float, float] = field(default=(0.9, 0.98), metadata=rules(ge=0, lt=1))
     """Adam betas."""
-    eps: float = 1e-8
+    eps: float = field(default=1e-8, metadata=rules(gt=0))
     """Adam epsilon."""
-    clip_grad: float = 1.0
+    clip_grad: float = field(default=1.0, metadata=rules(ge=0))
     """Global gradient-norm clip over all TP/DP ranks (0: off)."""
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata=rules(ge=0))
     """Linear warmup at the start of each stage."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = field(default=0.1, metadata=rules(ge=0, le=1))
     """Cosine decays to this fraction of the stage's peak LR."""
     distributed_optimizer: bool | None = None
     """Shard optimizer state over data-parallel replicas (Megatron's distributed optimizer); None: on (at DP = 1 it

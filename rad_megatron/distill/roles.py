@@ -19,22 +19,23 @@ import torch
 import torch.distributed as dist
 
 from rad_megatron.errors import RadError
+from rad_megatron.validation import rules
 
 
 @dataclass
 class RoleLayout:
     """How many ranks teach and how each side is split (tensor and pipeline parallel; the rest is data-parallel)."""
 
-    teacher_ranks: int = 1
+    teacher_ranks: int = field(default=1, metadata=rules(ge=1))
     """Ranks running the teacher (placed after the student ranks)."""
-    teacher_tp: int = 1
+    teacher_tp: int = field(default=1, metadata=rules(ge=1))
     """Tensor-parallel size of each teacher replica."""
-    student_tp: int = 1
+    student_tp: int = field(default=1, metadata=rules(ge=1))
     """Tensor-parallel size of each student replica; the remaining student ranks are data-parallel."""
-    student_pp: int = 1
-    """Pipeline stages of each student replica (from system.student_pp)."""
-    teacher_pp: int = 1
-    """Pipeline stages of each teacher replica (from system.teacher_pp)."""
+    student_pp: int = field(default=1, metadata=rules(ge=1))
+    """Pipeline stages of each student replica: filled in from system.student_pp (a config sets it there)."""
+    teacher_pp: int = field(default=1, metadata=rules(ge=1))
+    """Pipeline stages of each teacher replica: filled in from system.teacher_pp (a config sets it there)."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def init_roles(layout: RoleLayout, seed: int = 1234, timeout_minutes: int = 10, 
     rank, world, local_rank = _launcher_env(env)
     S, T = _check_layout(layout, world)
     timeout = collective_timeout(timeout_minutes, env)
-    device, backend = select_device(local_rank)
+    device, backend = select_device(local_rank, env)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
     # e.g. after the pipeline's probe phase or an earlier run in this process; unconditionally, because on a teacher

@@ -48,6 +48,9 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
         raise RadError(f"distill.train.stream.top_k={train_cfg.stream.top_k} exceeds the vocabulary ({vocab}); "
                        f"use top_k <= {vocab}, or 0 to send the whole vocabulary")
     check_same_tokenizer(tok)
+    from rad_megatron.distill.peers import make_meeting_group, peer_losses_named
+
+    make_meeting_group(train_cfg.stream.timeout_s)  # collective: every rank, now that both sides have loaded
     # the one place a distillation's model goes to the rank's device (the GPU where there is one); the data stays on
     # the host and each micro-batch moves when it is used (schedule.take)
     model = model.to(role.device)
@@ -71,7 +74,8 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
         if ckpt is not None:
             start = trainer.load_state(ckpt)
             _truncate_metrics(out / "metrics.jsonl", start, role.is_main)
-        records = trainer.run(start, stop_after)
+        with peer_losses_named(role, lambda: trainer.step):
+            records = trainer.run(start, stop_after)
         if role.is_main:
             plot_metrics(out / "metrics.jsonl", out / "loss.png")
         return records
@@ -80,7 +84,8 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
 
         start = read_meta(ckpt)["train"]["step"]
     model.requires_grad_(False)  # the teacher only serves: no optimizer, no gradients
-    run_teacher(role, model, train_cfg, train, held, out, start, stop_after)
+    with peer_losses_named(role, lambda: None):
+        run_teacher(role, model, train_cfg, train, held, out, start, stop_after)
     return []
 
 

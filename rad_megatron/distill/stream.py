@@ -14,36 +14,44 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from rad_megatron.distill.peers import talking_to, wait_for
 from rad_megatron.errors import RadError
 from rad_megatron.model.forward import forward_logits
+from rad_megatron.validation import rules
 
 HEADER = 5  # [step, micro, checksum, teacher_nll_sum, teacher_tokens]
+EVAL_MICRO = 1000  # micro-batch numbers from here on are held-out evaluation batches, sent after their step
+
+
+def done_before(step: int, micro: int) -> int:
+    """The last step both sides finished before the message (step, micro) is due."""
+    return step if micro >= EVAL_MICRO else step - 1
 
 
 @dataclass
 class StreamConfig:
-    """What the teacher sends."""
+    """What the teacher sends, and how long either side waits for the other."""
 
-    top_k: int = 64
+    top_k: int = field(default=64, metadata=rules(ge=0))
     """Top-k log-probabilities per token; 0 sends the whole vocabulary."""
-    lookahead: int = 2
+    lookahead: int = field(default=2, metadata=rules(ge=1))
     """Micro-batches the teacher may run ahead of the student."""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata=rules(gt=0))
     """Temperature of the teacher's log-softmax (the student's KL uses the same)."""
-    dtype: str = "fp32"
+    timeout_s: float = field(default=120.0, metadata=rules(gt=0, resume=False))
+    """Deadline of every wait on the other side (a student for its teacher's next message, a teacher for its students
+    to take one, both for the other at a checkpoint save): past it the rank stops with one line naming the silent
+    rank, well before the 10-minute collective timeout."""
+    dtype: str = field(default="fp32", metadata=rules(choices=("fp32", "bf16")))
     """Of the log-probabilities sent: fp32 | bf16. fp32 by default: the loss recovers probabilities with exp() and
     the tail bucket as 1 - sum(top-k), where bf16's 8-bit mantissa (0.4% per value) would dominate KLs near 0 (a
     student close to its teacher); bf16 halves the stream's bytes where the link is the bottleneck (whole
     vocabulary, top_k = 0). The loss is computed in fp32 either way."""
-
-    def __post_init__(self):
-        if self.dtype not in STREAM_DTYPES:
-            raise RadError(f"distill.train.stream.dtype='{self.dtype}' is not one of {', '.join(STREAM_DTYPES)}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -58,6 +66,15 @@ def checksum(ids: torch.Tensor) -> float:
     flat = ids.reshape(-1).long()
     pos = torch.arange(1, flat.numel() + 1, device=flat.device)
     return float(((flat * pos).sum().item() * 1000003 + flat.sum().item()) % (1 << 52))
+
+
+def wire_device(device) -> torch.device:
+    """Where a message's tensors travel from: the data's device, except CUDA data over gloo (ranks sharing a GPU,
+    distributed/init.select_device), whose point-to-point sends take host tensors only: staged through the host."""
+    device = torch.device(device)
+    if device.type == "cuda" and dist.is_initialized() and dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    return device
 
 
 def message_shapes(batch: int, seq: int, vocab: int, k: int):
@@ -99,22 +116,23 @@ class TeacherSender:
         self.bytes_sent = 0
 
     def send(self, dests: list[int], step: int, micro: int, ids, vals, idx, nll: float, tokens: float):
-        # on the values' device: NCCL sends only GPU tensors
-        header = torch.tensor([step, micro, checksum(ids), nll, tokens], dtype=torch.float64, device=vals.device)
-        tensors = [header, vals] + ([idx] if idx is not None else [])
+        # on the values' device (NCCL sends only GPU tensors), or staged on the host for gloo (wire_device)
+        wire = wire_device(vals.device)
+        header = torch.tensor([step, micro, checksum(ids), nll, tokens], dtype=torch.float64, device=wire)
+        tensors = [header, vals.to(wire)] + ([idx.to(wire)] if idx is not None else [])
         for dst in dests:
-            works = [dist.isend(t, dst=dst, tag=j) for j, t in enumerate(tensors)]
-            self.inflight.append((works, tensors))
+            with talking_to(f"student rank {dst}", done_before(step, micro), self.cfg.timeout_s, what="taken"):
+                works = [dist.isend(t, dst=dst, tag=j) for j, t in enumerate(tensors)]
+            self.inflight.append((works, tensors, dst, done_before(step, micro)))
             self.bytes_sent += sum(t.numel() * t.element_size() for t in tensors)
         limit = self.cfg.lookahead * max(len(dests), 1)
         while len(self.inflight) > limit:
             self._wait_oldest()
 
     def _wait_oldest(self):
-        works, _ = self.inflight.popleft()
+        works, _, dst, after = self.inflight.popleft()
         t0 = time.perf_counter()
-        for w in works:
-            w.wait()
+        wait_for(works, f"student rank {dst}", after, self.cfg.timeout_s, what="taken")
         self.wait_s += time.perf_counter() - t0
 
     def flush(self):
@@ -128,6 +146,7 @@ class StudentReceiver:
     def __init__(self, src: int, vocab: int, cfg: StreamConfig, expected: list[tuple[int, int, int, int]],
                  device: torch.device | str = "cpu"):
         self.src, self.cfg, self.vocab, self.device = src, cfg, vocab, device
+        self.wire = wire_device(device)  # receive buffers live here; values move to `device` once received
         self.expected = deque(expected)  # (step, micro, batch, seq) in the order this rank consumes them
         self.to_post = deque(expected)
         self.posted: deque = deque()
@@ -139,11 +158,12 @@ class StudentReceiver:
     def _post(self):
         if not self.to_post:
             return
-        _, _, batch, seq = self.to_post.popleft()
+        step, micro, batch, seq = self.to_post.popleft()
         dtypes = [torch.float64, self.cfg.torch_dtype, torch.int32]
         shapes = message_shapes(batch, seq, self.vocab, self.cfg.top_k)
-        bufs = [torch.empty(s, dtype=d, device=self.device) for s, d in zip(shapes, dtypes)]
-        works = [dist.irecv(b, src=self.src, tag=j) for j, b in enumerate(bufs)]
+        bufs = [torch.empty(s, dtype=d, device=self.wire) for s, d in zip(shapes, dtypes)]
+        with talking_to(f"teacher rank {self.src}", done_before(step, micro), self.cfg.timeout_s):
+            works = [dist.irecv(b, src=self.src, tag=j) for j, b in enumerate(bufs)]
         self.posted.append((works, bufs))
 
     def receive(self, step: int, micro: int, ids: torch.Tensor):
@@ -152,8 +172,7 @@ class StudentReceiver:
             self._post()
         works, bufs = self.posted.popleft()
         t0 = time.perf_counter()
-        for w in works:
-            w.wait()
+        wait_for(works, f"teacher rank {self.src}", done_before(step, micro), self.cfg.timeout_s)
         self.wait_s += time.perf_counter() - t0
         exp = self.expected.popleft()[:2]
         self._post()
@@ -165,5 +184,5 @@ class StudentReceiver:
             raise RadError(f"teacher stream data mismatch at step {step} micro {micro}: the teacher saw different "
                            f"tokens (check that both sides use the same data, seed and batch settings)")
         self.bytes_received += sum(b.numel() * b.element_size() for b in bufs)
-        idx = bufs[2].long() if len(bufs) > 2 else None
-        return bufs[1], idx, float(header[3]), float(header[4])
+        idx = bufs[2].to(self.device).long() if len(bufs) > 2 else None
+        return bufs[1].to(self.device), idx, float(header[3]), float(header[4])

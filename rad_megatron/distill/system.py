@@ -54,6 +54,11 @@ class TrainerSystem:
 
 def check_system(system, layout, seq_len: int) -> None:
     """Refuse, in one line, a system setting the trainer cannot run (the same check for `rad plan`)."""
+    for side in ("student", "teacher"):
+        given, wanted = getattr(layout, f"{side}_pp"), getattr(system, f"{side}_pp")
+        if given not in (1, wanted):
+            raise RadError(f"distill.roles.{side}_pp={given} differs from system.{side}_pp={wanted}; pipeline stages "
+                           f"are set in system.{side}_pp only (remove distill.roles.{side}_pp)")
     for side, tp in (("student", layout.student_tp), ("teacher", layout.teacher_tp)):
         if system.sequence_parallel and tp > 1 and seq_len % tp:
             raise RadError(f"system.sequence_parallel splits each sequence over the {side}'s {tp} TP ranks, but "

@@ -3,11 +3,12 @@ first, then more)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rad_megatron.config import MAMBA
 from rad_megatron.errors import RadError
 from rad_megatron.model.layout import mixer_layer_index, mlp_layer_index
+from rad_megatron.validation import rules
 
 GROUPS = ("new_mamba", "all_mamba", "mamba_mlp", "all")
 
@@ -18,12 +19,12 @@ class Stage:
 
     name: str = "stage1"
     """Label in logs."""
-    trainable: str = "new_mamba"
+    trainable: str = field(default="new_mamba", metadata=rules(choices=GROUPS))
     """new_mamba (the layers swapped in this run; RAD's default) | all_mamba | mamba_mlp (Mamba layers and their
     MLPs) | all."""
-    steps: int = 10
+    steps: int = field(default=10, metadata=rules(ge=1))
     """Optimizer steps of this stage."""
-    lr: float = 1e-3
+    lr: float = field(default=1e-3, metadata=rules(gt=0))
     """Peak learning rate (warmup then cosine to min_lr_ratio * lr within the stage)."""
 
 

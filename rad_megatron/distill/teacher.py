@@ -15,7 +15,8 @@ import torch
 
 from rad_megatron.data.datasets import ResumableSampler
 from rad_megatron.distill.schedule import events, replica_slice, take
-from rad_megatron.distill.stream import TeacherSender, targets_from_logits, teacher_targets
+from rad_megatron.distill.peers import meet_before_save
+from rad_megatron.distill.stream import EVAL_MICRO, TeacherSender, targets_from_logits, teacher_targets
 from rad_megatron.model.forward import position_ids_for
 
 
@@ -131,11 +132,12 @@ def run_teacher(role, model, cfg, train, held, out: Path, start_step: int = 0, s
             shape = (cfg.micro_batch_size, train["input_ids"].shape[1])
         else:
             rows = eval_rows(group[0].micro, cfg.eval_batch_size)
-            items = ((r, 1000 + group[0].micro, take(held, rows, role.device, keys)) for r in replicas)
+            items = ((r, EVAL_MICRO + group[0].micro, take(held, rows, role.device, keys)) for r in replicas)
             shape = tuple(held["input_ids"][rows].shape)
         server.serve(step, items, len(group) * len(replicas), shape)
         last_of_step = n + 1 == len(groups) or groups[n + 1][0].step != step
         if last_of_step and step in saves and step > start_step:
+            meet_before_save(role, step, cfg.stream.timeout_s)
             save_model(None, Path(out) / "checkpoints" / f"step_{step:06d}", force=True)
         if last_of_step and stop_after is not None and step >= stop_after:
             break

@@ -29,11 +29,14 @@ def _seat(role) -> str:
 def save_training_state(trainer, step: int) -> Path:
     """Write the trainer's state at `step` (every student rank; teachers join via save_model(None, ...))."""
     from rad_megatron.checkpoint.store import save_model
+    from rad_megatron.distill.peers import meet_before_save
 
     path = trainer.out / "checkpoints" / f"step_{step:06d}"
+    meet_before_save(trainer.role, step, trainer.cfg.stream.timeout_s)
     model_sharded = trainer.model.sharded_state_dict()
     extra = {"optimizer": trainer.optimizer.sharded_state_dict(model_sharded),
-             "train": {"step": step, "stage_idx": trainer.stage_idx, "sampler": trainer.sampler.state_dict()}}
+             "train": {"step": step, "stage_idx": trainer.stage_idx, "sampler": trainer.sampler.state_dict(),
+                       "nonfinite_skipped": trainer.guard.skipped}}
     meta = {**trainer.meta, "train": {"step": step, "config": json.loads(json.dumps(asdict(trainer.cfg))),
                                       "new_layers": trainer.new_layers, "layout": _layout(trainer.role),
                                       "precision": str(next(trainer.model.parameters()).dtype)}}
@@ -44,7 +47,7 @@ def save_training_state(trainer, step: int) -> Path:
     validation.setLevel(logging.ERROR)
     try:
         save_model(trainer.model, path, metadata=meta, force=True, tokenizer=trainer.tokenizer, extra_state=extra,
-                   per_rank_state={"torch_rng": torch.get_rng_state()}, per_rank_name=_seat(trainer.role))
+                   per_rank_state={"step": step, "torch_rng": torch.get_rng_state()}, per_rank_name=_seat(trainer.role))
     finally:
         validation.setLevel(level)
     if trainer.role.is_main:
@@ -64,6 +67,8 @@ def load_training_state(trainer, path: Path) -> int:
     holds the checkpoint's weights (checkpoint.store.load_model at this run's layout); returns the step."""
     from megatron.core import dist_checkpointing
 
+    from rad_megatron.checkpoint.store import read_meta
+
     path = Path(path)
     common = dist_checkpointing.load_common_state_dict(str(path))
     if "train" not in common:
@@ -76,8 +81,26 @@ def load_training_state(trainer, path: Path) -> int:
     state = dist_checkpointing.load(wanted, str(path), process_group=trainer.role.student_group)
     trainer.optimizer.load_sharded(state["optimizer"])
     trainer.sampler.load_state_dict(train["sampler"])
+    trainer.guard.skipped = train.get("nonfinite_skipped", 0)
     rng = path / "train_state" / f"{_seat(trainer.role)}.pt"
-    if rng.is_file():  # another layout has other seats: their RNG streams start from the run's seed
-        torch.set_rng_state(torch.load(rng, weights_only=False)["torch_rng"])
+    saved_layout = read_meta(path).get("train", {}).get("layout")
+    # at the saved layout every seat has its RNG state (bit-exact resume); another layout has other seats, whose RNG
+    # streams start from the run's seed
+    if saved_layout == _layout(trainer.role) or rng.is_file():
+        torch.set_rng_state(load_train_state(rng)["torch_rng"])
     trainer.step = train["step"]
     return trainer.step
+
+
+def load_train_state(f: Path) -> dict:
+    """One rank's saved state (its RNG), or one line naming the file that is missing or unreadable."""
+    from rad_megatron.files import torch_load
+
+    if not f.is_file():
+        raise RadError(f"--resume: '{f}' is missing; at the layout the checkpoint was written with every rank saved "
+                       f"its own; resume from an earlier checkpoint (checkpoints/step_*)")
+    state = torch_load(f, "--resume: training state", "resume from an earlier checkpoint (checkpoints/step_*) or "
+                                                       "start the run again")
+    if not isinstance(state, dict) or "step" not in state:
+        raise RadError(f"--resume: '{f}' is not a rad_megatron training state; resume from another checkpoint")
+    return state

@@ -19,25 +19,27 @@ from pathlib import Path
 import torch
 
 from rad_megatron.data.datasets import ResumableSampler
+from rad_megatron.distill.guard import NonFiniteGuard, nonfinite_quantity
 from rad_megatron.distill.losses import LossWeights
 from rad_megatron.distill.optim import OptimConfig, StageOptimizer
 from rad_megatron.distill.schedule import events, replica_slice, take
 from rad_megatron.distill.step import StudentStep, carry_grad_into_recompute, mean_terms
-from rad_megatron.distill.stream import StreamConfig, StudentReceiver
+from rad_megatron.distill.stream import EVAL_MICRO, StreamConfig, StudentReceiver
 from rad_megatron.distill.targeting import Stage, apply_targeting
 from rad_megatron.distill.teacher import eval_rows, num_eval_batches, save_steps
-from rad_megatron.errors import RadError
+from rad_megatron.errors import RadError, RunStopped
+from rad_megatron.validation import resume_view, rules
 
 
 @dataclass
 class TrainConfig:
     """A distillation run."""
 
-    stages: list[Stage] = field(default_factory=lambda: [Stage()])
+    stages: list[Stage] = field(default_factory=lambda: [Stage()], metadata=rules(min_len=1))
     """Progressive schedule; each stage has its trainable group, steps and LR."""
-    micro_batch_size: int = 1
+    micro_batch_size: int = field(default=1, metadata=rules(ge=1))
     """Sequences per micro-batch per student replica."""
-    grad_accum: int = 1
+    grad_accum: int = field(default=1, metadata=rules(ge=1))
     """Micro-batches per optimizer step."""
     loss: LossWeights = field(default_factory=LossWeights)
     """Loss mix and temperature."""
@@ -45,14 +47,17 @@ class TrainConfig:
     """What the teacher sends and how far ahead it runs."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer settings."""
-    eval_every: int = 0
+    eval_every: int = field(default=0, metadata=rules(ge=0))
     """Held-out evaluation every N steps (always at step 0 and at the end)."""
-    eval_batch_size: int = 4
+    eval_batch_size: int = field(default=4, metadata=rules(ge=1))
     """Held-out examples per evaluation micro-batch."""
-    save_every: int = 0
+    save_every: int = field(default=0, metadata=rules(ge=0))
     """Checkpoint every N steps (always at the end)."""
-    seed: int = 1234
+    seed: int = field(default=1234, metadata=rules(ge=0))
     """Seed of everything random in training."""
+    skip_nonfinite: int = field(default=0, metadata=rules(ge=0, resume=False))
+    """Optimizer steps whose loss or gradient norm is not finite that may be skipped (logged, no update) before the
+    run stops; 0: the first one stops the run (the last checkpoint is kept, nothing is written after it)."""
 
     def __post_init__(self):
         self.stages = [Stage(**s) if isinstance(s, dict) else s for s in self.stages]
@@ -101,6 +106,7 @@ class StudentTrainer:
         self.stage_idx = -1
         self.optimizer = None
         self.tb = None
+        self.guard = NonFiniteGuard(cfg.skip_nonfinite)
         self.vocab = model.rad_config.vocab_size
         self.vocab_start = role.tp_rank * (padded_vocab_size(self.vocab, role.tp) // role.tp)
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
@@ -130,7 +136,7 @@ class StudentTrainer:
                 expected.append((e.step, e.micro, self.cfg.micro_batch_size, seq))
             else:
                 b = self.held["input_ids"][eval_rows(e.micro, self.cfg.eval_batch_size)]
-                expected.append((e.step, 1000 + e.micro, b.shape[0], b.shape[1]))
+                expected.append((e.step, EVAL_MICRO + e.micro, b.shape[0], b.shape[1]))
         return StudentReceiver(self.role.teacher_for(self.role.dp_rank), self.vocab, self.cfg.stream, expected,
                                device=self.role.device)
 
@@ -149,7 +155,7 @@ class StudentTrainer:
         outputs = []
         for i in range(num_eval_batches(self.held, self.cfg.eval_batch_size)):
             rows = eval_rows(i, self.cfg.eval_batch_size)
-            b = {**take(self.held, rows, self.role.device, self.keys), "step": step, "micro": 1000 + i}
+            b = {**take(self.held, rows, self.role.device, self.keys), "step": step, "micro": EVAL_MICRO + i}
             outputs += self.stepper.run(self.model, [b], 1, tuple(self.held["input_ids"][rows].shape), weights,
                                         forward_only=True)
         if not self.role.is_last_stage:
@@ -186,11 +192,13 @@ class StudentTrainer:
             self.optimizer.zero_grad()
             outputs = self.stepper.run(self.optimizer.ddp, self._micro_batches(self.sampler.take(per_step), step),
                                        cfg.grad_accum, shape, cfg.loss)
-            lr, norm = self.optimizer.step()
+            terms = self._global_mean(mean_terms(outputs)) if outputs else {}
+            # stages before the last compute no loss: theirs counts as finite, the last stage's reaches them in the
+            # guard's all-reduce over the student group
+            lr, norm, skipped = self._update(step, terms.get("loss", 0.0), bar)
             dt = time.perf_counter() - t0
             wait1, bytes1 = self._stream_counters()
-            rec = {"step": step, "stage": cfg.stages[stage_idx].name, "lr": lr, "grad_norm": norm,
-                   **(self._global_mean(mean_terms(outputs)) if outputs else {}),
+            rec = {"step": step, "stage": cfg.stages[stage_idx].name, "lr": lr, "grad_norm": norm, **terms, **skipped,
                    "tokens_per_s": per_step * shape[1] / dt,
                    "student_wait_s": wait1 - wait0, "bytes_received": bytes1 - bytes0}
             records.append(self._log(rec))
@@ -224,21 +232,42 @@ class StudentTrainer:
     def _stream_counters(self) -> tuple[float, int]:
         return (self.receiver.wait_s, self.receiver.bytes_received) if self.receiver is not None else (0.0, 0)
 
+    def _update(self, step: int, loss: float, bar):
+        """The optimizer step behind the non-finite guard: (lr, grad norm, {} or the skip's record fields)."""
+        def last():
+            ckpt = latest_checkpoint(self.out)
+            return ckpt.name if ckpt is not None else None
+
+        quantity = nonfinite_quantity(loss, self.optimizer.ddp, self.role.student_group, self.role.device)
+        if quantity is not None:  # skipped (logged) or RunStopped
+            self.guard.bad_step(step, quantity, last(), log=bar.write if self.role.is_main else lambda _: None)
+            return None, None, {"skipped_nonfinite": quantity}
+        lr, norm = self.optimizer.step()
+        if self.cfg.optim.clip_grad > 0 and not math.isfinite(norm):  # Megatron measures the norm when it clips
+            self.guard.after_update(step, norm, last())
+        return lr, norm, {}
+
     def _log(self, rec: dict | None) -> dict | None:
         """Metrics come from the last pipeline stage; `is_main` (TP 0, DP 0 there) writes them."""
         if rec is None or not self.role.is_main:
             return rec
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.tb is None:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.out / "tensorboard"))
-        for k, v in rec.items():
-            if isinstance(v, (int, float)) and k != "step":
-                self.tb.add_scalar(k, v, rec["step"])
-        self.tb.flush()
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, rec["step"])
+            self.tb.flush()
+        except OSError as e:
+            from rad_megatron.faults import describe_failure
+
+            raise RunStopped(f"cannot append to '{self.out / 'metrics.jsonl'}' in folder '{self.out}': "
+                             f"{describe_failure(e, self.out)}; the last checkpoint is kept") from None
         return rec
 
     # ---- checkpoints (distill/train_state.py) -----------------------------------------------------------------
@@ -264,7 +293,9 @@ def check_resume_config(path: Path, cfg: TrainConfig, dp: int):
     from rad_megatron.checkpoint.store import read_meta
 
     train = read_meta(path).get("train", {})
-    saved, now = train.get("config"), json.loads(json.dumps(asdict(cfg)))
+    # fields that may change on resume (deadlines, the non-finite allowance) are left out of the comparison
+    saved = resume_view(TrainConfig, train.get("config") or {})
+    now = resume_view(TrainConfig, json.loads(json.dumps(asdict(cfg))))
     saved_dp = train.get("layout", {}).get("dp", dp)
     if saved and saved.get("grad_accum") != now["grad_accum"] and \
             saved_dp * saved["grad_accum"] == dp * now["grad_accum"]:

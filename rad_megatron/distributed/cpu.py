@@ -11,7 +11,7 @@ covered by a test in tests/unit/test_cpu_shims.py. On a GPU none of them is appl
 | current_device  | RotaryEmbedding / MambaMixer place tensors on                     | torch.cuda.current_device -> "cpu" |
 |                 | torch.cuda.current_device()                                       |                                    |
 | causal_mask     | fused_softmax falls back to get_default_causal_mask(device="cuda")| the same mask built on CPU         |
-| final_norm      | HybridStack.final_norm is a hard-coded TENorm (needs TE)          | WrappedTorchNorm (torch RMSNorm)   |
+| final_norm      | HybridStack.final_norm is a hard-coded TENorm (needs TE)          | model.norm.RMSNorm (fp32 stats, SP)|
 | cuda_sync       | dist_checkpointing's writer calls torch.cuda.synchronize          | no-op (CPU work is synchronous)    |
 |                 | (and the optimizer torch.cuda.empty_cache)                        |                                    |
 
@@ -111,10 +111,11 @@ def _shim_causal_mask():
 
 def _shim_final_norm():
     from megatron.core.models.hybrid import hybrid_block
-    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    from rad_megatron.model.norm import RMSNorm  # the local spec's norm: fp32 statistics, sequence-parallel ready
 
     _ORIGINALS["final_norm"] = hybrid_block.TENorm
-    hybrid_block.TENorm = WrappedTorchNorm
+    hybrid_block.TENorm = RMSNorm
 
 
 def _shim_cuda_sync():

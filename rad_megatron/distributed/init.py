@@ -78,13 +78,31 @@ def launched_world_size(env=None) -> int:
     return _launcher_env(os.environ if env is None else env)[1]
 
 
-def select_device(local_rank: int) -> tuple[torch.device, str]:
-    """The one place that decides CPU vs GPU: (device, backend), with the CPU / no-TE shims applied where needed."""
+def local_world_size(env=None) -> int:
+    """Ranks the launcher started on this node (torchrun's LOCAL_WORLD_SIZE, SLURM's tasks per node; 1 alone)."""
+    env = os.environ if env is None else env
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        if env.get(key, "").isdigit():
+            return int(env[key])
+    return 1
+
+
+def select_device(local_rank: int, env=None) -> tuple[torch.device, str]:
+    """The one place that decides CPU vs GPU: (device, backend), with the CPU / no-TE shims applied where needed.
+
+    GPUs are shared round-robin: local rank r uses cuda:(r % device_count), so more ranks than GPUs on a node (a
+    teacher and a student process on one GPU, say) is allowed. NCCL refuses two ranks of one communicator on the
+    same device, so such a job uses gloo instead: collectives on CUDA tensors where gloo has them, and the teacher ->
+    student stream staged through host memory (distill/stream.py). One rank per GPU keeps NCCL.
+    """
     from rad_megatron.distributed.cpu import apply_cpu_shims, apply_no_te_shims
 
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
+        count = torch.cuda.device_count()
+        index = local_rank % count
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
+        backend = "gloo" if local_world_size(env) > count else "nccl"
     else:
         apply_cpu_shims()
         device, backend = torch.device("cpu"), "gloo"
@@ -116,7 +134,7 @@ def init_distributed(parallel: ParallelConfig | None = None, env=None) -> DistCo
                        f"{parallel.tp * parallel.pp} ranks but {world_size} were launched; "
                        f"launch with torchrun --nproc-per-node {parallel.tp * parallel.pp} (or a multiple)")
     timeout = collective_timeout(parallel.timeout_minutes, env)
-    device, backend = select_device(local_rank)
+    device, backend = select_device(local_rank, env)
 
     if not torch.distributed.is_initialized():
         if world_size == 1 and "MASTER_ADDR" not in env:

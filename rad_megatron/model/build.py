@@ -29,8 +29,10 @@ def recompute_fields(recompute: str, num_layers: int) -> dict:
     """Megatron's activation-recompute settings for `recompute` (settings.SystemSection.recompute).
 
     selective: the core attention of every attention layer is recomputed in the backward pass (Megatron's default
-    selective module); full: every hybrid layer (Mamba, attention, MLP) keeps only its input and is recomputed,
-    one layer per checkpoint ("uniform" over chunks of 1 layer)."""
+    selective module; Megatron does nothing for Mamba layers under selective, our mixer recomputes its torch SSD
+    scan: HybridMambaMixer._recompute_scan); full: every hybrid layer (Mamba, attention, MLP) keeps only its input
+    and is recomputed, one layer per checkpoint ("uniform" over chunks of 1 layer, HybridStack's
+    checkpointed_forward)."""
     if recompute not in RECOMPUTE:
         raise RadError(f"system.recompute='{recompute}' is not one of {', '.join(RECOMPUTE)}")
     if recompute == "none":

@@ -16,12 +16,16 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from rad_megatron.model.attention import RopeCachedSelfAttention, SDPAAttention
+from rad_megatron.model.norm import RMSNorm
 from rad_megatron.ssm.mixer import HybridMambaMixer, HybridMambaMixerSubmodules
 
 
 def local_hybrid_spec() -> ModuleSpec:
     g = get_gpt_layer_local_submodules(normalization="RMSNorm")
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+    # fp32 statistics in bf16 and sequence parallelism (Megatron's torch norm refuses SP; see model/norm.py)
+    g.input_layernorm = g.pre_mlp_layernorm = RMSNorm
 
     mixer = ModuleSpec(module=HybridMambaMixer, submodules=HybridMambaMixerSubmodules(
         in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))

@@ -22,6 +22,7 @@ from typing import Union
 
 import torch
 import torch.nn.functional as F
+from megatron.core import tensor_parallel
 from megatron.core.ssm.utils import _split_tensor_factory
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 from megatron.core.transformer.module import MegatronModule
@@ -34,7 +35,7 @@ from megatron.core.transformer.utils import (
 from torch import nn
 
 from rad_megatron.ssm.norm import GatedRMSNorm
-from rad_megatron.ssm.ssd import ssd_scan, ssd_step
+from rad_megatron.ssm.ssd import fused_available, ssd_scan, ssd_step
 
 try:
     from causal_conv1d import causal_conv1d_fn
@@ -192,6 +193,8 @@ class HybridMambaMixer(MegatronModule):
         D = None if self.D_has_hdim else self.D
         if ssm_state is not None and l == 1:
             y = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], ssm_state, D=D, dt_bias=self.dt_bias)[:, None]
+        elif ssm_state is None and self._recompute_scan(x):
+            y = tensor_parallel.checkpoint(self._scan_output, False, x, dt, A, B, C, D, self.dt_bias)
         else:
             y, final = ssd_scan(x, dt, A, B, C, self.chunk_size, D=D, dt_bias=self.dt_bias,
                                 initial_state=None if ssm_state is None else ssm_state)
@@ -201,6 +204,17 @@ class HybridMambaMixer(MegatronModule):
             y = y + x.float() * self.D.float().view(h, p)
         y = y.reshape(b, l, h * p).to(zxbcdt.dtype)
         return self.norm(y, z) if self.rmsnorm else y * F.silu(z)
+
+    def _recompute_scan(self, x) -> bool:
+        """Selective recompute: Megatron recomputes core attention only and leaves Mamba layers alone; here the torch
+        chunked scan (whose [b, h, chunks, T, T] decay and score tensors are most of a Mamba layer's activations) is
+        recomputed in the backward pass too. The fused kernel keeps only its inputs and output already: not
+        recomputed."""
+        return (self.config.recompute_granularity == "selective" and self.training and torch.is_grad_enabled()
+                and not fused_available(x))
+
+    def _scan_output(self, x, dt, A, B, C, D, dt_bias):
+        return ssd_scan(x, dt, A, B, C, self.chunk_size, D=D, dt_bias=dt_bias)[0]
 
     def _conv(self, xBC, conv_state):
         """Causal depthwise conv + SiLU over [b, l, c]; with a state, continues from its last d_conv inputs."""

@@ -1,5 +1,6 @@
 """The Mamba-2 state-space-dual (SSD) scan: a chunked pure-torch implementation, its sequential reference, one decode
-step, and dispatch to mamba_ssm's fused kernels when they can run (CUDA tensors and mamba_ssm importable).
+step, and dispatch to mamba_ssm's fused kernels when they can run (CUDA tensors and mamba_ssm's Triton SSD kernels
+importable: see _import_fused_scan).
 
 Shapes (per-head B and C: group->head expansion happens in the mixer):
     x  [b, l, h, p]     inputs per head          dt [b, l, h]   step sizes (before softplus if dt_softplus)
@@ -13,13 +14,43 @@ The recurrence, per head:  S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,   y_t = S
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
+
 import torch
 import torch.nn.functional as F
 
-try:  # the fused Triton kernels; only usable on CUDA tensors
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _mamba_chunk_scan_combined
-except Exception:  # noqa: BLE001 - any import failure (missing CUDA extension included) means "not available"
-    _mamba_chunk_scan_combined = None
+
+def _import_fused_scan():
+    """(mamba_ssm's fused Triton SSD scan or None, how it was found). The scan needs Triton only, but mamba_ssm's
+    package __init__ also imports its CUDA selective-scan extension (Mamba-1) and Mamba-3's kernels; an install built
+    without them (MAMBA_SKIP_CUDA_BUILD=TRUE, as bench/gpu_check.sh does) fails there. Then the Triton modules are
+    imported under a bare `mamba_ssm` package that skips that __init__."""
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        return mamba_chunk_scan_combined, "mamba_ssm"
+    except Exception:  # noqa: BLE001 - any import failure (missing CUDA extension included) means "not this way"
+        pass
+    try:
+        spec = importlib.util.find_spec("mamba_ssm")
+    except Exception:  # noqa: BLE001
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return None, "not installed"
+    sys.modules.pop("mamba_ssm", None)
+    pkg = types.ModuleType("mamba_ssm")
+    pkg.__path__, pkg.__spec__ = list(spec.submodule_search_locations), spec
+    sys.modules["mamba_ssm"] = pkg
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        return mamba_chunk_scan_combined, "mamba_ssm Triton kernels only (package __init__ skipped)"
+    except Exception as e:  # noqa: BLE001
+        sys.modules.pop("mamba_ssm", None)
+        return None, f"not importable ({type(e).__name__}: {str(e)[:100]})"
+
+
+_mamba_chunk_scan_combined, FUSED_SCAN_SOURCE = _import_fused_scan()
 
 
 def _prepare_dt(dt, dt_bias, dt_softplus):

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rad_megatron.errors import RadError
-from rad_megatron.settings import ModelSource, _merge, apply_overrides, from_dict, read_yaml
+from rad_megatron.settings import ModelSource, _merge, apply_overrides, read_yaml
 from rad_megatron.study.strategies import STRATEGIES
+from rad_megatron.validation import from_dict, rules
 
 
 @dataclass
@@ -22,11 +23,11 @@ class StudyProbe:
 
     file: str = "docs/results/probe_smollm2.json"
     """An existing probe.json (per-layer scores, per-layer skip KL, a searched set); relative to the working dir."""
-    search_trials: int = 8
+    search_trials: int = field(default=8, metadata=rules(ge=1))
     """Bayesian-search trials for each k the file has not searched (run once, cached in the study folder)."""
     prompts: str = ""
     """Prompts for a missing search or skip KL; empty: the file's `settings.prompts`."""
-    num_prompts: int | None = None
+    num_prompts: int | None = field(default=None, metadata=rules(ge=1))
     """Prompts used; None: the file's setting (same evidence as its per-layer scores)."""
 
 
@@ -36,15 +37,15 @@ class StudyData:
 
     path: str = "../shared/data/gsm8k/train.jsonl"
     """jsonl with question/answer fields."""
-    seq_len: int = 128
+    seq_len: int = field(default=128, metadata=rules(ge=1))
     """Tokens per packed training sequence."""
-    held_out: int = 16
+    held_out: int = field(default=16, metadata=rules(ge=1))
     """Examples held out (before packing) for evaluation: whole examples, answers only in the metrics."""
-    eval_seq_len: int = 256
+    eval_seq_len: int = field(default=256, metadata=rules(ge=1))
     """Held-out examples are cut at this many tokens (long enough for whole GSM8K answers)."""
-    max_examples: int | None = 2000
+    max_examples: int | None = field(default=2000, metadata=rules(ge=1))
     """Training examples tokenized and packed (a run uses far fewer; this bounds start-up time)."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=rules(ge=0))
     """Seed of the held-out split."""
 
 
@@ -52,27 +53,28 @@ class StudyData:
 class StudyTrain:
     """The budget every run gets (identical across strategies, sizes and inits)."""
 
-    steps: int = 40
+    steps: int = field(default=40, metadata=rules(ge=1))
     """Optimizer steps per run."""
-    micro_batch_size: int = 2
+    micro_batch_size: int = field(default=2, metadata=rules(ge=1))
     """Sequences per step."""
-    lr: float = 1e-3
+    lr: float = field(default=1e-3, metadata=rules(gt=0))
     """Peak learning rate (warmup, then cosine to optim.min_lr_ratio * lr)."""
-    init_lr: dict = field(default_factory=dict)
+    init_lr: dict[str, float] = field(default_factory=dict, metadata=rules(gt=0))
     """Peak LR per init (e.g. {rad_zero: 1e-4, mil: 1e-3}), replacing `lr` for that init. The inits want different
     step sizes (rad_zero's first update opens a gate in front of a normalisation, so a large step jolts the model;
     mil starts far from the teacher); every strategy still gets the same LR within an init."""
-    optim: dict = field(default_factory=lambda: {"warmup_steps": 3})
+    optim: dict = field(default_factory=lambda: {"warmup_steps": 3},
+                        metadata=rules(schema="rad_megatron.distill.optim:OptimConfig"))
     """distill.optim.OptimConfig fields (the trainer's optimizer: Megatron's Adam + scheduler)."""
-    loss: dict = field(default_factory=dict)
+    loss: dict = field(default_factory=dict, metadata=rules(schema="rad_megatron.distill.losses:LossWeights"))
     """distill.losses.LossWeights fields (default: forward KL on the teacher's top-k + tail)."""
-    top_k: int = 64
+    top_k: int = field(default=64, metadata=rules(ge=1))
     """Teacher log-probabilities kept per token (the cache holds these)."""
-    eval_every: int = 5
+    eval_every: int = field(default=5, metadata=rules(ge=1))
     """Held-out evaluation every N steps (and at step 0 and at the end)."""
-    eval_batch_size: int = 8
+    eval_batch_size: int = field(default=8, metadata=rules(ge=1))
     """Held-out examples per forward."""
-    trainable: str = "new_mamba"
+    trainable: str = field(default="new_mamba", metadata=rules(choices="rad_megatron.distill.targeting:GROUPS"))
     """Parameter group that trains (distill.targeting): RAD trains only the new Mamba layers."""
 
     def lr_for(self, init: str) -> float:
@@ -83,13 +85,13 @@ class StudyTrain:
 class StudyAccuracy:
     """GSM8K accuracy of the teacher and the final students (rad_megatron.eval's scorer)."""
 
-    limit: int = 200
+    limit: int = field(default=200, metadata=rules(ge=0))
     """Test questions scored (0: skip accuracy)."""
     runs: list[str] | None = None
     """Final students scored, as run-name patterns (fnmatch, e.g. '*-k4-*-s0'); None: every run."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = field(default=256, metadata=rules(ge=1))
     """Generation budget per question."""
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=rules(ge=1))
     """Questions per generation batch."""
     path: str = "../shared/data/gsm8k/test.jsonl"
     """GSM8K test jsonl."""
@@ -101,13 +103,15 @@ class StudyConfig:
 
     model: ModelSource = field(default_factory=ModelSource)
     """Teacher and the model every student is swapped from."""
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES),
+                                  metadata=rules(choices=STRATEGIES, min_len=1))
     """Layer-selection strategies (study.strategies)."""
-    ks: list[int] = field(default_factory=lambda: [4, 8])
+    ks: list[int] = field(default_factory=lambda: [4, 8], metadata=rules(ge=1, min_len=1))
     """Numbers of attention layers replaced."""
-    inits: list[str] = field(default_factory=lambda: ["rad_zero", "mil"])
+    inits: list[str] = field(default_factory=lambda: ["rad_zero", "mil"],
+                             metadata=rules(choices="rad_megatron.swap:INITS", min_len=1))
     """Mamba initialisations (swap.INITS)."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1], metadata=rules(ge=0, min_len=1))
     """Seeds: the new layers' default init, the `random` set and the data order (shared by all strategies)."""
     probe: StudyProbe = field(default_factory=StudyProbe)
     """Probe evidence."""
@@ -122,26 +126,14 @@ class StudyConfig:
     report_dir: str = ""
     """Also write the report (convergence.md/.png/.jsonl) here, e.g. docs/results; empty: only in `out`."""
 
-    def __post_init__(self):
+    def __post_init__(self):  # what one field's rules cannot say (rad_megatron.validation checks the rest)
         from rad_megatron.swap import INITS
 
-        for name, values, allowed in (("strategies", self.strategies, STRATEGIES), ("inits", self.inits, INITS)):
-            bad = [v for v in values if v not in allowed]
-            if bad or not values:
-                raise RadError(f"config.{name}: {bad or 'empty'} not among {', '.join(allowed)}")
-        if not self.ks or any(not isinstance(k, int) or k < 1 for k in self.ks):
-            raise RadError(f"config.ks={self.ks} must be a non-empty list of positive integers")
-        if not self.seeds:
-            raise RadError("config.seeds is empty; give at least one seed")
         if "uniform" not in self.strategies:
             raise RadError("config.strategies must include 'uniform': the report measures every strategy against it")
-        t = self.train
-        bad = [k for k in t.init_lr if k not in INITS]
-        if bad or any(not isinstance(v, (int, float)) or v <= 0 for v in t.init_lr.values()):
-            raise RadError(f"config.train.init_lr={t.init_lr}: keys must be among {', '.join(INITS)} and values "
-                           f"positive learning rates")
-        if t.steps < 1 or t.micro_batch_size < 1 or t.eval_every < 1:
-            raise RadError("config.train.steps, micro_batch_size and eval_every must be >= 1")
+        bad = [k for k in self.train.init_lr if k not in INITS]
+        if bad:
+            raise RadError(f"config.train.init_lr: keys {bad} must be among {', '.join(INITS)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rad_megatron.errors import RadError
 from rad_megatron.probe.report import write_json_atomic
+from rad_megatron.files import read_json
 from rad_megatron.study.strategies import ProbeEvidence
 
 
@@ -17,8 +18,8 @@ def read_probe_file(path) -> dict:
     if not path.is_file():
         raise RadError(f"config.probe.file {path} does not exist; run `rad probe ... --out {path}` first or point it "
                        f"at a probe.json")
-    report = json.loads(path.read_text())
-    if not report.get("per_layer"):
+    report = read_json(path, "config.probe.file", "point it at the probe.json `rad probe` wrote")
+    if not isinstance(report, dict) or not report.get("per_layer"):
         raise RadError(f"config.probe.file {path} has no per-layer scores; it must be a full `rad probe` report")
     return report
 

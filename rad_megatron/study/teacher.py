@@ -64,10 +64,15 @@ def teacher_cache(model, train: dict, held: dict, rows: list[int], top_k: int, e
                         "train_ids": train["input_ids"][rows], "held_ids": held["input_ids"],
                         "held_mask": held["loss_mask"], "train_mask": train["loss_mask"][rows]})
     if path.is_file():
-        cache = torch.load(path, weights_only=False)
-        if cache.get("key") == key:
+        try:
+            cache = torch.load(path, weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a cache is rebuilt whatever broke it (a cut-off write, a foreign file)
+            cache = {}
+            log(f"teacher cache {path} is unreadable ({type(e).__name__}): recomputing it")
+        if isinstance(cache, dict) and cache.get("key") == key:
             return cache
-        log(f"teacher cache {path} was made for other data or settings: recomputing it")
+        if cache:
+            log(f"teacher cache {path} was made for other data or settings: recomputing it")
     model.eval()
     vals, idx = [], []
     for i in range(0, len(rows), 8):

@@ -139,8 +139,6 @@ def _strip(rows):  # timing fields differ run to run
     return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "student_wait_s")} for r in rows]
 
 
-@pytest.mark.xfail(strict=True, reason="Megatron's sequence parallelism needs a local spec without torch norms' "
-                                       "assert (issue #16's model-level half)")
 def test_sequence_parallel_tp2_equals_reference(runs, tmp_path):
     """Student TP 2 with sequence parallelism == the TP1 reference (losses, KL, gradient norms; 1e-5)."""
     shutil.rmtree(runs / "runs" / "sp_tp2", ignore_errors=True)

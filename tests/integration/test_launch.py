@@ -149,6 +149,27 @@ def test_distill_sbatch_layout_resume_and_refusals(tmp_path):
     assert proc.stderr.splitlines() == ["distill.sbatch: error: SLURM_JOB_ID is not set; submit this script with sbatch"]
 
 
+def test_a_requeue_that_stopped_before_its_first_checkpoint_starts_again_with_force(tmp_path):
+    nodes = ["gpu1", "gpu2"]
+    bin_ = _fake_slurm(tmp_path, nodes)
+    env = _sbatch_env(tmp_path, bin_, nodes, STUDENT_NODES="1", TEACHER_NODES="1")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 0}\n')
+    sbatch = "bash launch/slurm/distill.sbatch configs/tests/distill_tiny.yaml"
+    first = _bash(sbatch, env)  # a first attempt passes the folder on as it is: rad refuses a folder holding files
+    assert first.returncode == 0 and all(ln.endswith(f"--out {tmp_path}/run") for ln in _node_lines(first.stdout))
+    again = _bash(sbatch, {**env, "SLURM_RESTART_COUNT": "1"})
+    assert again.returncode == 0 and "holds no checkpoint of an earlier attempt" in again.stdout
+    assert all(ln.endswith(f"--out {tmp_path}/run --force") for ln in _node_lines(again.stdout))
+
+
+def test_run_sh_launches_through_the_status_mapping_launcher():
+    proc = _bash("NPROC_PER_NODE=1 launch/run.sh --dry-run verify")
+    assert proc.returncode == 0, proc.stderr
+    python = ROOT / ".venv" / "bin" / "python" if (ROOT / ".venv" / "bin" / "python").exists() else "python3"
+    assert proc.stdout.startswith(f"{python} -m rad_megatron.torchrun --nnodes=1 --nproc-per-node=1 "), proc.stdout
+
+
 def test_probe_sbatch_passes_flags_and_skips_a_finished_requeue(tmp_path):
     nodes = ["gpu1", "gpu2"]
     bin_ = _fake_slurm(tmp_path, nodes)

@@ -80,7 +80,7 @@ def test_bad_keys_name_the_closest(tmp_path):
         build_model_config(cfg.model)
     with pytest.raises(RadError, match=r"unknown config key 'config.system.recompte' \(did you mean 'recompute'\?\)"):
         load_run_config(tmp_path / "run.yaml", ["system.recompte=full"])
-    with pytest.raises(RadError, match=r"system.recompute='fulll' is not one of .* \(did you mean 'full'\?\)"):
+    with pytest.raises(RadError, match=r"system.recompute='fulll': must be one of .* \(did you mean 'full'\?\)"):
         load_run_config(tmp_path / "run.yaml", ["system.recompute=fulll"])
     with pytest.raises(RadError, match=r"config.model.hf='org/model' is not a local folder or file; give "
                                        r"config.model.arch"):

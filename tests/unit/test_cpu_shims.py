@@ -54,17 +54,17 @@ def test_causal_mask(dist):
 
 def test_final_norm(dist):
     from megatron.core.models.hybrid import hybrid_block
-    from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
     from rad_megatron.config import ModelConfig
     from rad_megatron.model import build_model
+    from rad_megatron.model.norm import RMSNorm
 
     with pytest.raises(Exception, match="Transformer Engine"):
         cpu._ORIGINALS["final_norm"](config=None, hidden_size=8)
-    assert hybrid_block.TENorm is WrappedTorchNorm
+    assert hybrid_block.TENorm is RMSNorm
     model = build_model(ModelConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_layers=1,
                                     num_attention_heads=2, num_kv_heads=1, rms_norm_eps=1e-6))
-    assert isinstance(model.decoder.final_norm, torch.nn.RMSNorm) and model.decoder.final_norm.eps == 1e-6
+    assert isinstance(model.decoder.final_norm, RMSNorm) and model.decoder.final_norm.eps == 1e-6
 
 
 def test_cuda_sync(dist):

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from rad_megatron.memory import peak_bytes_during, storage_bytes
 from rad_megatron.plan import CPU, build_job
 from rad_megatron.plan.memory import student_memory, teacher_memory
 from rad_megatron.settings import load_run_config
@@ -26,13 +27,7 @@ SHAPE = dict(vocab_size=V, hidden_size=64, intermediate_size=160, num_layers=4, 
              mamba={"chunk_size": 32})
 
 
-def _storage_bytes(tensors) -> int:
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
-
-
 def _measured_peak(group: str, top_k: int) -> float:
-    from torch.profiler import ProfilerActivity, profile
-
     from rad_megatron.config import ModelConfig
     from rad_megatron.distill.losses import LossWeights, distill_loss
     from rad_megatron.distill.optim import OptimConfig, StageOptimizer
@@ -69,15 +64,7 @@ def _measured_peak(group: str, top_k: int) -> float:
     held = [*model.parameters(), *model.buffers(), *(t for m in posted for t in m), ids, labels, mask]
     held += [p.main_grad for p in model.parameters() if getattr(p, "main_grad", None) is not None]
     held += [t for o in opt._inner() for s in o.state.values() for t in s.values() if torch.is_tensor(t)]
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return _storage_bytes(held) + peak
+    return storage_bytes(held) + peak_bytes_during(step)
 
 
 def _job(tmp_path, group: str, top_k: int):
@@ -108,8 +95,6 @@ def test_planned_peak_matches_measured_cpu_step(dist, tmp_path, group, top_k):
 def test_planned_teacher_peak_matches_measured(dist, tmp_path):
     """The teacher side of the same job (self-distillation: the all-attention base model), no autograd: `lookahead`
     earlier `teacher_targets` results held as the sender's sends in flight, then one more call, profiled as above."""
-    from torch.profiler import ProfilerActivity, profile
-
     from rad_megatron.config import ModelConfig
     from rad_megatron.distill.stream import StreamConfig, teacher_targets
     from rad_megatron.model import build_model
@@ -120,15 +105,7 @@ def test_planned_teacher_peak_matches_measured(dist, tmp_path):
     stream = StreamConfig(top_k=8, lookahead=LOOKAHEAD)
     in_flight = [teacher_targets(model, ids, labels, mask, stream)[:2] for _ in range(LOOKAHEAD)]
     held = [*model.parameters(), *model.buffers(), ids, labels, mask, *(t for m in in_flight for t in m)]
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        teacher_targets(model, ids, labels, mask, stream)
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    measured = _storage_bytes(held) + peak
+    measured = storage_bytes(held) + peak_bytes_during(lambda: teacher_targets(model, ids, labels, mask, stream))
     planned = teacher_memory(_job(tmp_path, "new_mamba", 8), 0, CPU).peak
     print(f"teacher: measured peak {measured / 2**20:.2f} MiB, planned {planned / 2**20:.2f} MiB, "
           f"ratio {planned / measured:.3f}")

@@ -112,6 +112,8 @@ def cut(src: Path, dst: Path):
 
 
 def main(root, hf, data, *names):
+    from megatron.core import parallel_state
+
     from rad_megatron.commands.distill import distill, pipeline
 
     from rad_megatron.distributed import ParallelConfig, init_distributed
@@ -128,10 +130,13 @@ def main(root, hf, data, *names):
             cut(root / resumed_from, out)
         dist.barrier()
         PROBE.clear()
+        # every run starts from no Megatron parallel state, as a new `rad` process would (on a teacher rank Megatron's
+        # "is initialised" check is False while its groups exist, so a later run would create groups on one side only)
+        parallel_state.destroy_model_parallel()
         overrides = [o.format(root=root, hf=hf) for o in overrides]
         command = pipeline if name.startswith("pipeline") else distill
         command(argparse.Namespace(config=str(cfg), overrides=overrides, resume=resumed_from is not None,
-                                   stop_after=None, out=str(out)))
+                                   stop_after=None, out=str(out), force=False))
         (out / f"probe_rank{dist.get_rank()}.json").write_text(json.dumps(PROBE))
         dist.barrier()
 
