@@ -217,6 +217,8 @@ def test_failure_causes_are_read_from_errno_text_and_checkpoint_exceptions(tmp_p
     assert peer_cause(RuntimeError("Timed out waiting 10000ms for recv operation to complete")) == "timed out"
     other = CheckpointException("read", {1: (ValueError("bad magic\nmore"), None)})
     assert describe_failure(other) == "ValueError: bad magic"
+    # a rank whose own part of a collective save was fine learns only that the save failed elsewhere
+    assert describe_failure(CheckpointException("write", {})).startswith("a peer rank stopped")
 
 
 def test_launcher_maps_a_rank_status():
