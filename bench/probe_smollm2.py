@@ -1,6 +1,6 @@
 """The probe on the real SmolLM2-135M-Instruct with real GSM8K test prompts: per-layer scores, a k=4 search, and
-the sanity check: Spearman correlation between each layer's probe score and minus its skip-KL (skipping a layer
-that barely moves the logits should score high). Writes <out>.json, <out>.png and prints a summary.
+the sanity check: Spearman correlation between each layer's probe score and minus its skip-KL on the model's own
+greedy continuation (probe.redundancy's `kl`; skipping a layer that barely moves the logits should score high). Writes <out>.json, <out>.png and prints a summary.
 
     python bench/probe_smollm2.py --prompts ../shared/data/gsm8k/test.jsonl --out docs/results/probe_smollm2
 """
@@ -36,7 +36,6 @@ def main():
     from rad_megatron.checkpoint.hf_source import resolve
     from rad_megatron.data.prompts import encode_prompts, read_prompts
     from rad_megatron.distributed import init_distributed
-    from rad_megatron.probe.kl import per_layer_kl
     from rad_megatron.probe.report import plot_probe, write_json_atomic
     from rad_megatron.probe.run import run_probe
     from rad_megatron.probe.score import ProbeSettings
@@ -50,7 +49,7 @@ def main():
     t0 = time.perf_counter()
     report = run_probe(model, prompts, a.k, a.trials, settings, seed=0)
     t_probe = time.perf_counter() - t0
-    kl = per_layer_kl(model, prompts)
+    kl = {int(b): v for b, v in report["redundancy"]["kl"].items()}
     scores = {t["skip"][0]: t["throughput"] for t in report["per_layer"]}
     layers = sorted(scores)
     rho, p = spearmanr([scores[b] for b in layers], [-kl[b] for b in layers])

@@ -25,25 +25,17 @@ def _add_verify(sub):
     p.set_defaults(run="rad_megatron.commands.verify:run")
 
 
-def _add_generate(sub):
-    p = sub.add_parser("generate", help="greedy completion of a prompt with the Megatron model")
-    p.add_argument("--hf", default=None, help="HF Llama folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--prompt", default="What is 2+3? Answer briefly.", help="user message")
-    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="apply the chat template")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: the launched world size)")
-    p.set_defaults(run="rad_megatron.commands.generate:run")
-
-
 def _add_swap(sub):
     p = sub.add_parser("swap", help="replace attention layers with Mamba-2 layers (mil | rad_zero | random init)")
     p.add_argument("--ckpt", default=None, help="rad_megatron checkpoint to start from")
     p.add_argument("--hf", default=None, help="or an HF Llama / MIL folder or .gguf to start from")
     p.add_argument("--layers", default=None, help="comma-separated layer indices, e.g. 3,7,12")
-    p.add_argument("--strategy", default=None, choices=["rad", "uniform", "random", "worst", "kl"],
-                   help="or pick --k layers: rad|worst|kl read --probe; uniform (MIL), random (--seed) need none")
+    p.add_argument("--strategy", default=None,
+                   choices=["rad", "uniform", "uniform-keep0", "random", "worst", "kl", "bi", "attn-sim"],
+                   help="or pick --k layers: rad|worst|kl|bi|attn-sim read --probe; uniform (MIL), uniform-keep0, "
+                        "random (--seed) need none")
     p.add_argument("--k", type=int, default=None, help="number of layers --strategy picks")
-    p.add_argument("--probe", default=None, help="probe.json for --strategy rad|worst|kl")
+    p.add_argument("--probe", default=None, help="probe.json for --strategy rad|worst|kl|bi|attn-sim")
     p.add_argument("--init", default="rad_zero", choices=["mil", "rad_zero", "random"])
     p.add_argument("--out", required=True, help="output checkpoint folder (must be new or empty)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
@@ -54,7 +46,7 @@ def _add_swap(sub):
 
 # Commands that live in their own module under rad_megatron/commands/ and register themselves through
 # `add_parser(sub)` (or `add_parsers(sub)` for a family of commands). Add a module name here to add a command.
-COMMAND_MODULES = ("probe", "distill", "eval", "convert", "study", "plan")
+COMMAND_MODULES = ("generate", "probe", "distill", "eval", "convert", "study", "plan")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -71,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="rad", description="Redundancy-Aware Distillation on Megatron-Core")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and info logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_verify, _add_generate, _add_swap):
+    for add in (_add_verify, _add_swap):
         add(sub)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"rad_megatron.commands.{name}")

@@ -62,8 +62,9 @@ def run_pipeline(cfg, system, train_cfg, data_cfg, resume=False, stop_after=None
 
 
 def _probe(cfg, ctx, path: Path, resume: bool) -> list[int]:
-    """The layers swap.strategy picks (study.strategies): from the probe's report, which `rad` / `worst` / `kl`
-    need (the probe runs here, or a resumed pipeline re-reads it); `uniform` / `random` need no probe."""
+    """The layers swap.strategy picks (study.strategies): from the probe's report, which `rad` / `worst` / `kl` /
+    `bi` / `attn-sim` need (the probe runs here, or a resumed pipeline re-reads it); `uniform`, `uniform-keep0` and
+    `random` need no probe."""
     from rad_megatron.study.strategies import NEEDS_PROBE, STRATEGIES, ProbeEvidence, select_layers
 
     strategy, k = cfg.swap.strategy, cfg.probe.k
@@ -75,12 +76,12 @@ def _probe(cfg, ctx, path: Path, resume: bool) -> list[int]:
     if resume and path.is_file():  # a resumed pipeline keeps its layer choice
         report = json.loads(path.read_text())
     else:
-        report = _run_probe(cfg, ctx, path, with_skip_kl=strategy == "kl")
+        report = _run_probe(cfg, ctx, path)
     attention = [t["skip"][0] for t in report["per_layer"]]
     return select_layers(strategy, k, attention, ProbeEvidence.from_reports([report]), seed=cfg.swap.seed)
 
 
-def _run_probe(cfg, ctx, path: Path, with_skip_kl: bool) -> dict:
+def _run_probe(cfg, ctx, path: Path) -> dict:
     from rad_megatron.data.prompts import encode_prompts, read_prompts
     from rad_megatron.probe.report import plot_probe, write_json_atomic
     from rad_megatron.probe.run import run_probe
@@ -97,10 +98,6 @@ def _run_probe(cfg, ctx, path: Path, with_skip_kl: bool) -> dict:
     report = run_probe(model.eval(), prompts, p.k, p.trials, settings,
                        Replicas(dp=ctx.dp, dp_rank=ctx.dp_rank, is_main=ctx.is_main), objective=p.objective,
                        costs=p.costs, seed=p.seed)
-    if with_skip_kl:  # swap.strategy kl ranks layers by KL(full || layer skipped) on the probe prompts
-        from rad_megatron.probe.kl import per_layer_kl
-
-        report["per_layer_skip_kl"] = {str(b): v for b, v in per_layer_kl(model, prompts).items()}
     if ctx.is_main:
         write_json_atomic(path, report)
         plot_probe(report, path.with_suffix(".png"))

@@ -47,8 +47,9 @@ class ProbeSection:
     """Draft tokens per verify step."""
     max_new_tokens: int = field(default=32, metadata=rules(ge=1))
     """Tokens generated per prompt."""
-    objective: str = field(default="throughput", metadata=rules(choices=("throughput", "tokens_per_s", "acceptance")))
-    """throughput (cost model) | tokens_per_s | acceptance."""
+    objective: str = field(default="throughput", metadata=rules(choices="rad_megatron.probe.score:OBJECTIVES"))
+    """throughput (cost model, greedy acceptance) | expected_throughput (the cost model with speculative sampling's
+    acceptance probability alpha) | tokens_per_s | acceptance."""
     costs: str = field(default="flops", metadata=rules(choices=("flops", "measured")))
     """Per-layer cost model: flops | measured."""
     chat: bool = True
@@ -65,8 +66,10 @@ class SwapSection:
     """Explicit layers; None: the set `strategy` picks (probe.k layers)."""
     strategy: str = field(default="rad", metadata=rules(choices="rad_megatron.study.strategies:STRATEGIES"))
     """How layers are picked when `layers` is None: rad (the probe's searched set) | uniform (MIL: every n-th
-    attention layer) | random (seeded by `seed`) | worst (lowest per-layer probe scores) | kl (smallest
-    KL(full || layer skipped)); see study.strategies."""
+    attention layer from layer 0) | uniform-keep0 (the same spacing ending at the last layer, layer 0 kept) | random
+    (seeded by `seed`) | worst (lowest per-layer probe scores) | kl (smallest KL(full || layer skipped) on the
+    model's greedy continuation) | bi (ShortGPT's Block Influence) | attn-sim (attention input/output cosine
+    similarity); see study.strategies."""
     init: str = field(default="rad_zero", metadata=rules(choices="rad_megatron.swap:INITS"))
     """mil | rad_zero | random."""
     seed: int = field(default=1234, metadata=rules(ge=0))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,3 +111,13 @@ def last_json(text: str) -> dict:
     lines = [ln for ln in text.strip().splitlines() if ln.startswith("{")]
     assert lines, f"no JSON line in output:\n{text[-3000:]}"
     return json.loads(lines[-1])
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Import into a test module to run its tests on one torch thread: tiny models run many small ops, and OpenMP's
+    per-op sync between two threads made such tests ~6x slower on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

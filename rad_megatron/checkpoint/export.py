@@ -1,5 +1,6 @@
-"""rad_megatron checkpoint -> Hugging Face folder: a standard Llama folder for an all-attention model, or the
-MambaInLlama (MIL) hybrid format (`model.layers.N.mamba.*` + `mamba_config.json`, what checkpoint/mil.py reads).
+"""rad_megatron checkpoint -> Hugging Face folder: a standard Llama folder for an all-attention model, the
+MambaInLlama (MIL) hybrid format (`model.layers.N.mamba.*` + `mamba_config.json`, what checkpoint/mil.py reads), or
+transformers' native GraniteMoeHybrid (`hf-hybrid`, checkpoint/hf_hybrid.py).
 
 The model is loaded at any TP size, its shards are gathered to one full (TP=1 layout) state dict with the same
 per-component rules that split them (checkpoint/shard.py), renamed with the key maps of hf_llama.py / mil.py, and
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from rad_megatron.checkpoint.hf_hybrid import check_hybrid_expressible, hybrid_config_dict, mcore_to_hybrid
 from rad_megatron.checkpoint.hf_llama import mcore_to_hf
 from rad_megatron.checkpoint.mil import MAMBA_CONFIG, check_mil_expressible, mil_config_dict
 from rad_megatron.checkpoint.shard import to_local_names, unshard_state_dicts
@@ -26,7 +28,7 @@ from rad_megatron.checkpoint.store import check_writable
 from rad_megatron.config import ModelConfig
 from rad_megatron.errors import RadError
 
-FORMATS = ("hf", "mil")
+FORMATS = ("hf", "mil", "hf-hybrid")
 MAX_SHARD_SIZE = "5GB"  # transformers' save_pretrained default
 
 
@@ -37,6 +39,8 @@ def check_export(cfg: ModelConfig, fmt: str) -> None:
     if fmt == "hf" and cfg.mamba_layers:
         raise RadError(f"--to hf: the model has Mamba layers {cfg.mamba_layers} and a standard Llama folder holds "
                        f"attention layers only; export it with --to mil")
+    if fmt == "hf-hybrid":
+        check_hybrid_expressible(cfg)
     if fmt == "mil":
         if not cfg.mamba_layers:
             raise RadError("--to mil: the model has no Mamba layers; export it as a standard Llama folder with --to hf")
@@ -118,16 +122,19 @@ def write_safetensors(sd: dict[str, torch.Tensor], folder: Path, max_shard_size=
 
 def write_hf_folder(full: dict[str, torch.Tensor], cfg: ModelConfig, out, fmt: str, tokenizer=None,
                     force: bool = False, max_shard_size=MAX_SHARD_SIZE) -> dict:
-    """Write a full TP=1 state dict as an HF folder in format `fmt` ('hf' or 'mil'), atomically; returns a summary."""
+    """Write a full TP=1 state dict as an HF folder in format `fmt` (FORMATS), atomically; returns a summary."""
     check_export(cfg, fmt)
-    hf = mcore_to_hf(full, cfg)
+    hf = mcore_to_hybrid(full, cfg) if fmt == "hf-hybrid" else mcore_to_hf(full, cfg)
     dtype = next(iter(hf.values())).dtype
     special = {}
     if tokenizer is not None:
         special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     with atomic_folder(Path(out), force) as tmp:
         files = write_safetensors(hf, tmp, max_shard_size)
-        hf_llama_config(cfg, dtype, special).to_json_file(str(tmp / "config.json"), use_diff=True)
+        if fmt == "hf-hybrid":
+            (tmp / "config.json").write_text(json.dumps(hybrid_config_dict(cfg, dtype, special), indent=2) + "\n")
+        else:
+            hf_llama_config(cfg, dtype, special).to_json_file(str(tmp / "config.json"), use_diff=True)
         for f in files:  # safetensors writes 0600; give the weights the permissions any new file gets here
             os.chmod(tmp / f, (tmp / "config.json").stat().st_mode & 0o777)
         if fmt == "mil":

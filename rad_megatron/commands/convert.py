@@ -1,7 +1,8 @@
 """`rad convert`: between Hugging Face folders and rad_megatron checkpoints, in three directions.
 
-  import   --hf PATH --out C [--tp N] [--pp M]   HF Llama / MIL hybrid folder or GGUF -> checkpoint saved at TP/PP
-  export   --ckpt C --to hf|mil --out DIR       checkpoint (any saved TP/PP) -> standard Llama or MIL hybrid folder
+  import   --hf PATH --out C [--tp N] [--pp M]   HF Llama / MIL / GraniteMoeHybrid folder or GGUF -> checkpoint
+  export   --ckpt C --to hf|mil|hf-hybrid --out DIR   checkpoint (any saved TP/PP) -> standard Llama, MIL hybrid or
+                                                transformers-native GraniteMoeHybrid folder (checkpoint/hf_hybrid.py)
   reshard  --ckpt C --out C2 [--tp N] [--pp M]  re-save a checkpoint at another TP/PP (metadata and tokenizer kept)
 
 TP defaults to the launched world size / PP. Every refusal happens before anything is written; outputs are written
@@ -19,7 +20,7 @@ from rad_megatron.errors import RadError
 
 MODES = ("import", "export", "reshard")
 USAGE = {"import": "--hf PATH --out CKPT [--tp N] [--pp M]",
-         "export": "--ckpt CKPT --to hf|mil --out DIR [--tp N]",
+         "export": "--ckpt CKPT --to hf|mil|hf-hybrid --out DIR [--tp N]",
          "reshard": "--ckpt CKPT --out CKPT2 [--tp N] [--pp M]"}
 # Keys of rad_meta.json that describe the saved copy itself; a reshard writes new ones.
 OWN_META = ("format_version", "model", "saved_tp", "saved_pp")
@@ -28,10 +29,12 @@ OWN_META = ("format_version", "model", "saved_tp", "saved_pp")
 def add_parser(sub):
     p = sub.add_parser("convert", help="HF/MIL/GGUF -> checkpoint, checkpoint -> HF/MIL folder, or re-save at "
                                        "another TP/PP")
-    p.add_argument("--hf", default=None, help="import: HF Llama / MIL folder or .gguf (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--hf", default=None, help="import: HF Llama / MIL / GraniteMoeHybrid folder or .gguf (default: "
+                                              "SmolLM2-135M-Instruct)")
     p.add_argument("--ckpt", default=None, help="export (with --to) or reshard: a rad_megatron checkpoint")
-    p.add_argument("--to", default=None, choices=["hf", "mil"],
-                   help="export --ckpt as a standard Llama folder (hf) or a MambaInLlama hybrid folder (mil)")
+    p.add_argument("--to", default=None, choices=["hf", "mil", "hf-hybrid"],
+                   help="export --ckpt as a standard Llama folder (hf), a MambaInLlama hybrid folder (mil) or "
+                        "transformers' native GraniteMoeHybrid (hf-hybrid: no trust_remote_code, served by vLLM)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--tp", type=int, default=None,

@@ -41,7 +41,8 @@ def run(args) -> int:
         write_json_atomic(out, report)
         plot_probe(report, out.with_suffix(".png"))
         c = report["chosen"]
-        print(f"chosen skip set {c['skip']}: acceptance {c['acceptance']:.3f}, mean accepted "
+        print(f"chosen skip set {c['skip']}: acceptance {c['acceptance']:.3f}, alpha {c['expected_acceptance']:.3f}, "
+              f"mean accepted "
               f"{c['mean_accepted']:.2f}, cost-model throughput {c['throughput']:.3f} tok/forward "
               f"(no skip: {report['baseline_no_skip']['throughput']:.3f}); wrote {out} and "
               f"{out.with_suffix('.png')}")
@@ -60,7 +61,10 @@ def add_parser(sub):
     p.add_argument("--draft-len", type=int, default=4, help="K: draft tokens per verify step")
     p.add_argument("--confidence", type=float, default=None, help="adaptive draft exit threshold (default: fixed K)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt")
-    p.add_argument("--objective", default="throughput", choices=["throughput", "tokens_per_s", "acceptance"])
+    p.add_argument("--objective", default="throughput",
+                   choices=["throughput", "expected_throughput", "tokens_per_s", "acceptance"],
+                   help="throughput: cost model with greedy acceptance; expected_throughput: the same with speculative "
+                        "sampling's acceptance probability alpha (continuous, no ties at the ceiling)")
     p.add_argument("--costs", default="flops", choices=["flops", "measured"], help="per-layer cost model")
     p.add_argument("--skip-set", default=None, help="evaluate this one comma-separated skip set and print JSON")
     p.add_argument("--no-eos", action="store_true", help="do not stop at the end-of-sequence token")

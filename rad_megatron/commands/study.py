@@ -1,6 +1,6 @@
-"""`rad study`: RAD's layer choice against baseline choices (uniform, random, worst, kl) under identical
-distillation budgets; writes convergence.{md,png,jsonl} into the study folder. Running the same command again
-continues an interrupted study."""
+"""`rad study`: RAD's layer choice against baseline choices (study.strategies) under identical distillation budgets;
+writes the report (<report_name>.{md,png,jsonl} and _probe.json) into the study folder. Running the same command again
+continues an interrupted study; --max-runs 0 only rewrites the report from the runs finished so far."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ def add_parser(sub):
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20 seeds=[0]")
     p.add_argument("--quick", action="store_true", help="apply the config's `quick:` preset (minutes, not an hour)")
     p.add_argument("--out", default=None, help="study folder (overrides the config's `out`)")
-    p.add_argument("--max-runs", type=int, default=None, help="train at most N runs now, then write the report")
+    p.add_argument("--max-runs", type=int, default=None,
+                   help="train at most N runs now, then write the report (0: only rewrite the report from the "
+                        "finished runs, also while another process trains into the same folder)")
     p.add_argument("--force", action="store_true", help="delete a study folder made with other settings")
     p.set_defaults(run="rad_megatron.commands.study:run")
 

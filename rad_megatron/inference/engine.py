@@ -34,20 +34,25 @@ class SamplingConfig:
     """Seed of the sampling generator (identical on every rank)."""
 
 
-def pick_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """[b, V] logits -> [b] token ids."""
-    if sampling.temperature <= 0:
-        return logits.argmax(-1)
+def next_token_probs(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """[..., V] logits -> the distribution the next token is sampled from (temperature, then top-k, then top-p)."""
     logits = logits.float() / sampling.temperature
     if sampling.top_k > 0:
-        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
+        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if sampling.top_p < 1.0:
         sorted_logits, order = logits.sort(-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= sampling.top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
+    return logits.softmax(-1)
+
+
+def pick_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """[b, V] logits -> [b] token ids."""
+    if sampling.temperature <= 0:
+        return logits.argmax(-1)
+    probs = next_token_probs(logits, sampling)
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 

@@ -9,6 +9,11 @@ One step, with the cache valid up to offset n and y0 the verifier's next token (
   4. roll back: attention needs only the offset (the KV cache is positional); if m < K the Mamba states are
      restored and [y0, d1..dm] re-fed, since an SSM state cannot be truncated.
 Every emitted token is a verifier argmax, so greedy output equals plain greedy decoding of the full model.
+
+Beside greedy acceptance, each step records the expected acceptance of speculative *sampling* (Leviathan et al.
+2023): alpha = sum_v min(p_full(v), p_draft(v)) at every draft position whose prefix was emitted (the accepted ones
+and the first rejected one). Both distributions are already computed, so it costs nothing extra, and unlike the
+greedy count it keeps falling as the draft distribution drifts even while its argmax still agrees.
 """
 
 from __future__ import annotations
@@ -39,6 +44,16 @@ class SpecStats:
     seconds: float = 0.0
     """Wall-clock time of the decoding loops (prefill excluded)."""
     accepted_per_step: list[int] = field(default_factory=list)
+    alpha_sum: float = 0.0
+    """Sum over scored draft positions of sum_v min(p_full(v), p_draft(v))."""
+    alpha_positions: int = 0
+    """Draft positions scored: per step, those whose prefix was emitted (accepted ones + the first rejected)."""
+
+    @property
+    def expected_acceptance(self) -> float:
+        """Mean speculative-sampling acceptance probability alpha over the scored draft positions (1.0 exactly when
+        the draft's distributions equal the verifier's)."""
+        return self.alpha_sum / self.alpha_positions if self.alpha_positions else 0.0
 
     @property
     def acceptance_rate(self) -> float:
@@ -59,11 +74,13 @@ class SpecStats:
     def merge(self, other: "SpecStats") -> "SpecStats":
         return SpecStats(self.steps + other.steps, self.drafted + other.drafted, self.accepted + other.accepted,
                          self.tokens + other.tokens, self.seconds + other.seconds,
-                         self.accepted_per_step + other.accepted_per_step)
+                         self.accepted_per_step + other.accepted_per_step, self.alpha_sum + other.alpha_sum,
+                         self.alpha_positions + other.alpha_positions)
 
     def summary(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "accepted_per_step"}
-        d.update(acceptance_rate=self.acceptance_rate, mean_accepted=self.mean_accepted,
+        d.update(acceptance_rate=self.acceptance_rate, expected_acceptance=self.expected_acceptance,
+                 mean_accepted=self.mean_accepted,
                  mean_drafted=self.mean_drafted, tokens_per_s=self.tokens_per_s)
         return d
 
@@ -90,14 +107,18 @@ def speculative_generate(model, prompt: list[int], skip, k: int, max_new_tokens:
         n = session.offset
         budget = min(k, max_new_tokens - len(out))
         saved = snapshot_states(session.context, mamba)
-        draft = _draft(session, y0, skip, budget, confidence, device)
+        draft, draft_logits = _draft(session, y0, skip, budget, confidence, device)
         restore_states(session.context, saved)
         session.rewind(n)
         block = torch.tensor([[y0] + draft], device=device)
-        verified = session.feed(block)[0].argmax(-1).tolist()  # verified[i]: the full model's token after block[i]
+        full_logits = session.feed(block)[0]
+        verified = full_logits.argmax(-1).tolist()  # verified[i]: the full model's token after block[i]
         m = 0
         while m < len(draft) and draft[m] == verified[m]:
             m += 1
+        scored = min(m + 1, len(draft))  # positions m+1.. condition on a rejected draft token: not on the output
+        stats.alpha_sum += float(acceptance_probability(full_logits[:scored], draft_logits[:scored]).sum())
+        stats.alpha_positions += scored
         stats.steps, stats.drafted, stats.accepted = stats.steps + 1, stats.drafted + len(draft), stats.accepted + m
         stats.accepted_per_step.append(m)
         if m < len(draft):
@@ -119,12 +140,21 @@ def speculative_generate(model, prompt: list[int], skip, k: int, max_new_tokens:
     return out, stats
 
 
-def _draft(session, y0, skip, budget, confidence, device) -> list[int]:
-    draft, tok = [], y0
+def acceptance_probability(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """[n, V] verifier and draft logits -> [n] sum_v min(p(v), q(v)) = 1 - TV(p, q): the probability that
+    speculative sampling accepts a token drawn from q (computed in float64, so equal inputs give 1 to ~1e-15)."""
+    p, q = p_logits.double().softmax(-1), q_logits.double().softmax(-1)
+    return torch.minimum(p, q).sum(-1)
+
+
+def _draft(session, y0, skip, budget, confidence, device) -> tuple[list[int], torch.Tensor]:
+    """(draft tokens, their draft logits [len, V])."""
+    draft, rows, tok = [], [], y0
     for _ in range(budget):
         logits = session.feed(torch.tensor([[tok]], device=device), skip)[0, -1]
         tok = int(logits.argmax())
         draft.append(tok)
+        rows.append(logits)
         if confidence is not None and float(logits.float().softmax(-1).max()) < confidence:
             break
-    return draft
+    return draft, torch.stack(rows)

@@ -78,3 +78,11 @@ def draft_cost(costs: dict, skip) -> float:
 def cost_model_throughput(mean_accepted: float, mean_drafted: float, costs: dict, skip) -> float:
     """Tokens per full-model-forward: (accepted + 1) / (K * c_draft(S) + c_verify), c_verify = 1 (one pass)."""
     return (mean_accepted + 1.0) / (mean_drafted * draft_cost(costs, skip) + 1.0)
+
+
+def expected_throughput(alpha: float, draft_len: int, costs: dict, skip) -> float:
+    """The same cost model with speculative sampling's expected tokens per verify pass for a per-token acceptance
+    probability alpha and K = draft_len drafts: (1 - alpha^(K+1)) / (1 - alpha) (Leviathan et al. 2023, eq. 1),
+    which is K + 1 at alpha = 1."""
+    tokens = draft_len + 1.0 if alpha >= 1.0 else (1.0 - alpha ** (draft_len + 1)) / (1.0 - alpha)
+    return tokens / (draft_len * draft_cost(costs, skip) + 1.0)

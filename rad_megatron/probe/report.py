@@ -34,6 +34,11 @@ def plot_probe(report: dict, png: Path) -> None:
     a.set_xlabel("attention layer skipped alone")
     a.set_ylabel(obj)
     a.set_title("per-layer scores (red: chosen set)")
+    if all("expected_acceptance" in t for t in report["per_layer"]):  # alpha separates greedy ties at the ceiling
+        twin = a.twinx()
+        twin.plot(layers, [t["expected_acceptance"] for t in report["per_layer"]], "k.", ms=5, label="alpha")
+        twin.set_ylabel("alpha (expected acceptance)")
+        twin.legend(loc="lower left")
     if report.get("trials"):
         vals = [t[obj] for t in report["trials"]]
         best = [max(vals[: i + 1]) for i in range(len(vals))]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rad_megatron.errors import RadError
-from rad_megatron.probe.score import OBJECTIVES, ProbeSettings, Trial, evaluate
+from rad_megatron.probe.score import OBJECTIVES, ProbeSettings, Trial, evaluate, rank_key
 from rad_megatron.probe.work_queue import run_tasks
 
 
@@ -141,7 +141,7 @@ def bayesian_search(model, prompts, k: int, trials: int, settings: ProbeSettings
     bar.close()
     done, propose_s = replicas.broadcast((sorted(source.results), source.propose_s) if replicas.is_main else None)
     result = SearchResult(trials=[Trial(**t) for _, t in done], propose_seconds=propose_s)
-    result.best = max(result.trials, key=lambda t: (t.objective(objective), [-b for b in t.skip]))
+    result.best = min(result.trials, key=lambda t: rank_key(t.to_dict(), objective))  # alpha breaks ties
     return result
 
 

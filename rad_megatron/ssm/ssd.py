@@ -141,10 +141,21 @@ def _step(x, dt, A, B, C, state):
 
 
 def ssd_step(x, dt, A, B, C, state, D=None, z=None, dt_bias=None, dt_softplus=True):
-    """One decode step: x [b, h, p], dt [b, h], B/C [b, h, n], state [b, h, p, n] (updated in place)."""
+    """One decode step: x [b, h, p], dt [b, h], B/C [b, h, n], state [b, h, p, n] (updated in place).
+
+    A contiguous fp32 state (what the mixer allocates) is decayed and updated in place with one batched
+    rank-1 update, with no state-sized temporaries: the state is the largest tensor a Mamba decode step touches.
+    """
     dt = _prepare_dt(dt, dt_bias, dt_softplus)
-    y, new_state = _step(x.float(), dt, A.float(), B.float(), C.float(), state.float())
-    state.copy_(new_state)
+    if state.dtype == torch.float32 and state.is_contiguous():
+        b, h, p, n = state.shape
+        flat = state.view(b * h, p, n)
+        flat.mul_(torch.exp(dt * A.float()).view(b * h, 1, 1))
+        flat.baddbmm_((dt[..., None] * x.float()).reshape(b * h, p, 1), B.float().reshape(b * h, 1, n))
+        y = torch.bmm(flat, C.float().reshape(b * h, n, 1)).view(b, h, p)
+    else:
+        y, new_state = _step(x.float(), dt, A.float(), B.float(), C.float(), state.float())
+        state.copy_(new_state)
     y = y[:, None]
     return _finish(y, x[:, None], D, None if z is None else z[:, None])[:, 0]
 

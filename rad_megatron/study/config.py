@@ -21,14 +21,21 @@ from rad_megatron.validation import from_dict, rules
 class StudyProbe:
     """Where the strategies' probe evidence comes from."""
 
-    file: str = "docs/results/probe_smollm2.json"
-    """An existing probe.json (per-layer scores, per-layer skip KL, a searched set); relative to the working dir."""
+    file: str = ""
+    """An existing probe.json (per-layer scores, a searched set; its settings and prompts are used for anything the
+    study adds); empty: the study runs the per-layer probe itself with the settings below."""
     search_trials: int = field(default=8, metadata=rules(ge=1))
-    """Bayesian-search trials for each k the file has not searched (run once, cached in the study folder)."""
+    """Bayesian-search trials for each k not searched yet (run once, cached in the study folder)."""
     prompts: str = ""
-    """Prompts for a missing search or skip KL; empty: the file's `settings.prompts`."""
+    """Probe prompts; empty: the file's `settings.prompts`."""
     num_prompts: int | None = field(default=None, metadata=rules(ge=1))
-    """Prompts used; None: the file's setting (same evidence as its per-layer scores)."""
+    """Prompts used; None: the file's setting (same evidence as its per-layer scores), or 4 without a file."""
+    draft_len: int = field(default=4, metadata=rules(ge=1))
+    """K: draft tokens per verify step (without a file)."""
+    max_new_tokens: int = field(default=32, metadata=rules(ge=1))
+    """Tokens generated per prompt (without a file)."""
+    objective: str = field(default="throughput", metadata=rules(choices="rad_megatron.probe.score:OBJECTIVES"))
+    """Probe objective (probe.score.OBJECTIVES) of the per-layer ranking and the search (without a file)."""
 
 
 @dataclass
@@ -72,6 +79,12 @@ class StudyTrain:
     """Teacher log-probabilities kept per token (the cache holds these)."""
     eval_every: int = field(default=5, metadata=rules(ge=1))
     """Held-out evaluation every N steps (and at step 0 and at the end)."""
+    lr_sweep: dict[str, list[float]] = field(default_factory=dict, metadata=rules(gt=0))
+    """Peak LRs tried per init (e.g. {rad_zero: [3.0e-5, 1.0e-4, 3.0e-4]}): every (strategy, init) runs each one at
+    k = `lr_sweep_k` on the first seed and keeps the LR with the lowest training loss over the last quarter of its
+    steps (not the held-out KL the report compares). Empty: `init_lr` / `lr` for every strategy."""
+    lr_sweep_k: int | None = field(default=None, metadata=rules(ge=1))
+    """The k the sweep runs at; None: the middle of `ks`."""
     eval_batch_size: int = field(default=8, metadata=rules(ge=1))
     """Held-out examples per forward."""
     trainable: str = field(default="new_mamba", metadata=rules(choices="rad_megatron.distill.targeting:GROUPS"))
@@ -124,16 +137,45 @@ class StudyConfig:
     out: str = "runs/study_smollm2"
     """Study folder (teacher cache, probe additions, one folder per run, report)."""
     report_dir: str = ""
-    """Also write the report (convergence.md/.png/.jsonl) here, e.g. docs/results; empty: only in `out`."""
+    """Also write the report (<report_name>.md/.png/.jsonl and _probe.json) here, e.g. docs/results; empty: only in
+    `out`."""
+    report_name: str = "convergence"
+    """File stem of the report."""
+    bootstrap: int = field(default=2000, metadata=rules(ge=10))
+    """Bootstrap resamples (over seeds and held-out examples) behind every interval in the report."""
+    notes: list[str] = field(default_factory=list)
+    """Lines for the report's `Limits` section (what this study does not measure, and why)."""
 
     def __post_init__(self):  # what one field's rules cannot say (rad_megatron.validation checks the rest)
         from rad_megatron.swap import INITS
 
-        if "uniform" not in self.strategies:
-            raise RadError("config.strategies must include 'uniform': the report measures every strategy against it")
+        if "rad" not in self.strategies or len(set(self.strategies)) < 2:
+            raise RadError("config.strategies must include 'rad' and at least one baseline: the report measures RAD "
+                           "against each baseline")
         bad = [k for k in self.train.init_lr if k not in INITS]
         if bad:
             raise RadError(f"config.train.init_lr: keys {bad} must be among {', '.join(INITS)}")
+        self._check_sweep()
+
+    def _check_sweep(self) -> None:
+        from rad_megatron.swap import INITS
+
+        t = self.train
+        if not t.lr_sweep:
+            return
+        unknown = [i for i in t.lr_sweep if i not in INITS]
+        if unknown:
+            raise RadError(f"config.train.lr_sweep: '{unknown[0]}' is not an init; keys must be among {', '.join(INITS)}")
+        missing = [i for i in self.inits if not t.lr_sweep.get(i)]
+        if missing:
+            raise RadError(f"config.train.lr_sweep: no learning rates for init {missing[0]}; give a non-empty list for "
+                           f"every init in {self.inits} (e.g. {{rad_zero: [3.0e-5, 1.0e-4]}})")
+        if t.lr_sweep_k is not None and t.lr_sweep_k not in self.ks:
+            raise RadError(f"config.train.lr_sweep_k={t.lr_sweep_k} must be one of ks {self.ks}")
+
+    @property
+    def sweep_k(self) -> int:
+        return self.train.lr_sweep_k if self.train.lr_sweep_k is not None else sorted(self.ks)[len(self.ks) // 2]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,5 +1,5 @@
-"""The study as one resumable library call: probe evidence -> the run grid -> data and teacher cache (once) -> every
-run (skipping finished ones) -> GSM8K accuracy -> report.
+"""The study as one resumable library call: probe evidence -> data and teacher cache (once) -> the LR sweep -> the run
+grid at the kept LRs (skipping finished runs) -> GSM8K accuracy -> report (study.plan has the run lists).
 
 Resuming: a finished run has done.json (written last, atomically); a run interrupted midway left nothing under its
 final names and starts again from scratch. The probe additions, the teacher cache and each accuracy result are
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rad_megatron.errors import RadError
 from rad_megatron.study.strategies import NEEDS_PROBE, select_layers
-from rad_megatron.study.train import RunSpec, is_done, load_student, train_run
+from rad_megatron.study.train import RunSpec, is_done, load_student
 
 COMPARABLE = ("model", "probe", "data", "train")  # settings every run of one folder must share
 
@@ -66,12 +66,6 @@ def load_base(source, device="cpu"):
     return model.to(device).eval(), AutoTokenizer.from_pretrained(src.folder), str(src.folder)
 
 
-def make_plan(cfg, attention_layers: list[int], evidence) -> list[RunSpec]:
-    """Seed-major order, so a study cut short still has whole seeds to compare."""
-    return [RunSpec(s, k, init, seed, tuple(select_layers(s, k, attention_layers, evidence, seed=seed)))
-            for seed in cfg.seeds for k in cfg.ks for init in cfg.inits for s in cfg.strategies]
-
-
 class Timings:
     """Compute seconds per phase, kept across invocations in timings.json."""
 
@@ -86,19 +80,19 @@ class Timings:
         os.replace(tmp, self.path)
 
 
-def _evidence(cfg, base, tok, out: Path, timings: Timings, log):
+def _evidence(cfg, base, tok, out: Path, timings: Timings, log, probe: bool):
     from rad_megatron.study.evidence import gather_evidence
 
     if not any(s in NEEDS_PROBE for s in cfg.strategies):
-        return None, []
+        return None, [], {}
     t0 = time.perf_counter()
-    evidence, sources = gather_evidence(cfg, base, tok, out, log)
-    if time.perf_counter() - t0 > 5:  # a search or KL was run now (loading cached files takes milliseconds)
-        timings.add("probe additions", time.perf_counter() - t0)
-    return evidence, sources
+    evidence, sources, merged = gather_evidence(cfg, base, tok, out, log, probe)
+    if time.perf_counter() - t0 > 5:  # a probe phase ran now (loading cached files takes milliseconds)
+        timings.add("probe", time.perf_counter() - t0)
+    return evidence, sources, merged
 
 
-def _teacher(cfg, base, tok, source, out: Path, timings: Timings, log):
+def _teacher(cfg, base, tok, source, out: Path, timings: Timings, log, compute: bool = True):
     from rad_megatron.study.teacher import build_data, data_order, teacher_cache
 
     t0 = time.perf_counter()
@@ -107,6 +101,9 @@ def _teacher(cfg, base, tok, source, out: Path, timings: Timings, log):
     orders = {seed: data_order(train["input_ids"].shape[0], seed, t.steps, t.micro_batch_size) for seed in cfg.seeds}
     cache_file = out / "teacher_cache.pt"
     fresh = not cache_file.is_file()
+    if fresh and not compute:
+        raise RadError(f"{cache_file} is missing: no run has started yet, so there is no report to write "
+                       f"(--max-runs 0 never computes it; run without it)")
     cache = teacher_cache(base, train, held, [r for o in orders.values() for r in o], t.top_k, t.eval_batch_size,
                           cache_file, source, log)
     if fresh:
@@ -139,11 +136,65 @@ def _accuracy(cfg, base, tok, questions: list[dict], out: Path, plan: list[RunSp
     return {name: results[name] for name, _ in models}
 
 
+def _train_all(specs: list[RunSpec], where: Path, ctx: dict, budget: list[int], log, heldout: bool = True) -> bool:
+    """Train every unfinished run of `specs` into where/<name>; False once --max-runs is spent (budget = [runs
+    left] or [None])."""
+    from rad_megatron.study.train import train_run
+
+    for spec in specs:
+        folder = where / spec.name
+        if is_done(folder):
+            continue
+        if budget[0] is not None and budget[0] <= 0:
+            return False
+        ctx["progress"].start(spec, heldout)
+        done = train_run(ctx["base"], spec, ctx["cfg"], ctx["train"], ctx["held"], ctx["orders"][spec.seed],
+                         ctx["cache"], folder, log, heldout=heldout)
+        ctx["progress"].finish(done["seconds"], heldout)
+        if budget[0] is not None:
+            budget[0] -= 1
+    return True
+
+
+class Progress:
+    """One line per run with the measured mean run time (sweep and grid runs apart) and the time still ahead at
+    that rate (wall-clock, so on a shared machine it includes the other jobs' load)."""
+
+    def __init__(self, todo: dict[bool, int], log):
+        self.todo, self.log, self.seconds = dict(todo), log, {True: [], False: []}
+
+    def start(self, spec: RunSpec, heldout: bool) -> None:
+        means = {h: sum(v) / len(v) for h, v in self.seconds.items() if v}
+        ahead = ""
+        if means:
+            fallback = next(iter(means.values()))
+            left = sum(self.todo[h] * means.get(h, fallback) for h in self.todo)
+            rates = ", ".join(f"{m:.0f} s per {'grid' if h else 'sweep'} run" for h, m in means.items())
+            ahead = f"; {rates} so far, ~{left / 3600:.1f} h ahead"
+        kind = "grid" if heldout else "sweep"
+        self.log(f"{kind} run ({sum(self.todo.values())} left): {spec.name} layers {list(spec.layers)}{ahead}")
+
+    def finish(self, seconds: float, heldout: bool) -> None:
+        self.todo[heldout] -= 1
+        self.seconds[heldout].append(seconds)
+
+
+def _plan_line(cfg, grid: int, sweep: int, heldout: int) -> str:
+    t = cfg.train
+    tokens = t.steps * t.micro_batch_size * cfg.data.seq_len
+    evals = len({*range(t.eval_every, t.steps + 1, t.eval_every), t.steps}) + 1
+    lr = f" + {sweep} LR-sweep runs (k={cfg.sweep_k}, seed {cfg.seeds[0]}, no held-out evaluation)" if sweep else ""
+    return (f"plan: {grid} grid runs{lr}; each {t.steps} steps = {tokens} training tokens; grid runs evaluate "
+            f"{evals} times on {heldout} held-out examples (every "
+            f"{t.eval_every * t.micro_batch_size * cfg.data.seq_len} tokens)")
+
+
 def run_study(cfg, command: str, force: bool = False, max_runs: int | None = None, log=print) -> Path:
     """Run (or continue) the study into cfg.out; returns the report's path."""
     from rad_megatron.distributed import ParallelConfig, init_distributed
     from rad_megatron.study.accuracy import read_questions
-    from rad_megatron.study.report import publish, read_jsonl, write_report
+    from rad_megatron.study.plan import choose_lrs, grid_specs, planned_count, sweep_specs
+    from rad_megatron.study.report import read_jsonl, write_report
 
     # inputs first: a wrong path should fail before --force clears a folder and an hour of training, not after
     if not Path(cfg.data.path).is_file():
@@ -151,42 +202,54 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
     questions = read_questions(cfg.accuracy.path, cfg.accuracy.limit) if cfg.accuracy.limit > 0 else []
     out = Path(cfg.out)
     _check_folder(out, cfg, force)
-    ctx = init_distributed(ParallelConfig(tp=1, seed=0))
+    dev = init_distributed(ParallelConfig(tp=1, seed=0)).device
     timings = Timings(out / "timings.json")
     # the model lives on the rank's device (the GPU where there is one); data and cached targets stay on the host and
     # travel per batch, so the cache file is the same on every machine
-    base, tok, source = load_base(cfg.model, ctx.device)
-    evidence, sources = _evidence(cfg, base, tok, out, timings, log)
-    plan = make_plan(cfg, base.rad_config.attention_layers, evidence)
-    train, held, orders, cache = _teacher(cfg, base, tok, source, out, timings, log)
-    trained = 0
-    for i, spec in enumerate(plan):
-        folder = out / "runs" / spec.name
-        if is_done(folder):
-            continue
-        if max_runs is not None and trained >= max_runs:
-            log(f"stopping after {trained} runs (--max-runs); run the same command again to continue")
-            break
-        log(f"run {i + 1}/{len(plan)}: {spec.name} layers {list(spec.layers)}")
-        train_run(base, spec, cfg, train, held, orders[spec.seed], cache, folder, log)
-        trained += 1
-    finished = [s for s in plan if is_done(out / "runs" / s.name)]
-    rows = [r for s in finished for r in read_jsonl(out / "runs" / s.name / "metrics.jsonl")]
+    base, tok, source = load_base(cfg.model, dev)
+    evidence, sources, probe = _evidence(cfg, base, tok, out, timings, log, probe=max_runs != 0)
+    attention = base.rad_config.attention_layers
+
+    def layers(strategy, k, seed):
+        return tuple(select_layers(strategy, k, attention, evidence, seed=seed))
+
+    train, held, orders, cache = _teacher(cfg, base, tok, source, out, timings, log, compute=max_runs != 0)
+    runs, sweep_dir = out / "runs", out / "runs" / "sweep"
+    n_grid, n_sweep = planned_count(cfg)
+    log(_plan_line(cfg, n_grid, n_sweep, held["input_ids"].shape[0]))
+    sweep = sweep_specs(cfg, layers)
+    done_now = {h: len(list(d.glob("*/done.json"))) if d.is_dir() else 0 for h, d in ((True, runs), (False, sweep_dir))}
+    ctx = {"base": base, "cfg": cfg, "train": train, "held": held, "orders": orders, "cache": cache,
+           "progress": Progress({True: n_grid - done_now[True], False: n_sweep - done_now[False]}, log)}
+    budget = [max_runs]
+    complete = _train_all(sweep, sweep_dir, ctx, budget, log, heldout=False)
+    chosen = choose_lrs(cfg, sweep, sweep_dir)
+    grid = grid_specs(cfg, layers, chosen)
+    if not (_train_all(grid, runs, ctx, budget, log) and complete):
+        log(f"stopping after {max_runs} runs (--max-runs); run the same command again to continue")
+    finished = [s for s in grid if is_done(runs / s.name)]
+    swept = [s for s in sweep if is_done(sweep_dir / s.name)]
+    rows = [r for s in finished for r in read_jsonl(runs / s.name / "metrics.jsonl")] + \
+        [{**r, "phase": "lr sweep"} for s in swept for r in read_jsonl(sweep_dir / s.name / "metrics.jsonl")]
+    plan = {"grid": [s.fields() for s in grid], "grid_planned": n_grid, "sweep_planned": n_sweep,
+            "sweep_done": len(swept), "grid_done": len(finished),
+            "lr": [{"strategy": s, "init": i, **c} for (s, i), c in sorted(chosen.items())]}
+    done = [runs / s.name / "done.json" for s in finished] + [sweep_dir / s.name / "done.json" for s in swept]
+    span = (min(f.stat().st_mtime for f in done), max(f.stat().st_mtime for f in done)) if done else None
 
     def report(acc: dict) -> Path:
-        seconds = {**timings.data, "runs": sum(json.loads((out / "runs" / s.name / "done.json").read_text())[
-            "seconds"] for s in finished), "accuracy": sum(r["seconds"] for r in acc.values())}
-        md = write_report(out, cfg, command, [s.fields() for s in plan], evidence.to_dict() if evidence else {},
-                          sources, rows, {k: {kk: v for kk, v in r.items() if kk != "samples"} for k, r in
-                                          acc.items()}, seconds)
-        where = ""
-        if cfg.report_dir:
-            publish(out, Path(cfg.report_dir))
-            where = f" and {cfg.report_dir}"
-        log(f"wrote {md}{where} ({len(finished)} of {len(plan)} runs finished; GSM8K accuracy of {len(acc)} models)")
+        seconds = {**timings.data,
+                   "LR-sweep runs": sum(json.loads(f.read_text())["seconds"] for f in done[len(finished):]),
+                   "grid runs": sum(json.loads(f.read_text())["seconds"] for f in done[:len(finished)]),
+                   "accuracy": sum(r["seconds"] for r in acc.values())}
+        md = write_report(out, cfg, command, plan, probe, sources, rows,
+                          {k: {kk: v for kk, v in r.items() if kk != "samples"} for k, r in acc.items()}, seconds,
+                          span)
+        log(f"wrote {md}{' and ' + cfg.report_dir if cfg.report_dir else ''} ({len(finished)} of {n_grid} grid "
+            f"runs finished; GSM8K accuracy of {len(acc)} models)")
         return md
 
-    if len(finished) < len(plan) or cfg.accuracy.limit <= 0:
+    if len(finished) < n_grid or cfg.accuracy.limit <= 0:
         return report({})
     # _accuracy writes the convergence report with the saved scores before it scores anything new
-    return report(_accuracy(cfg, base, tok, questions, out, plan, log, on_result=report))
+    return report(_accuracy(cfg, base, tok, questions, out, grid, log, on_result=report))

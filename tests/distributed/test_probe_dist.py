@@ -1,8 +1,9 @@
-"""The probe under parallelism: TP=2 gives the same acceptance numbers and chosen set as TP=1 (greedy, fixed seed);
-DP=2 evaluates two candidates per round, with per-layer results identical to DP=1."""
+"""The probe under parallelism: TP=2 gives the same acceptance numbers, alpha, redundancy heuristics and chosen set as
+TP=1 (greedy, fixed seed); DP=2 evaluates two candidates per round, with per-layer results identical to DP=1."""
 
 import json
 
+import pytest
 import torch
 
 from rad_megatron.config import ModelConfig
@@ -36,6 +37,10 @@ def test_probe_tp2_and_dp2_match_tp1(dist, tmp_path):
     assert tp2["settings"]["tp"] == 2 and tp2["settings"]["dp"] == 1
     assert _same(tp2["per_layer"], ref["per_layer"]) and _same(tp2["trials"], ref["trials"])
     assert tp2["chosen"]["skip"] == ref["chosen"]["skip"]
+    alpha = [t["expected_acceptance"] for t in ref["per_layer"]]
+    assert [t["expected_acceptance"] for t in tp2["per_layer"]] == pytest.approx(alpha, abs=1e-5)
+    for name in ("kl", "bi", "attn_sim"):  # TP-gathered logits, full hidden states: equal up to rounding
+        assert tp2["redundancy"][name] == pytest.approx(ref["redundancy"][name], rel=1e-4, abs=1e-6)
 
     torchrun(2, ROOT / "tests/distributed/workers/probe_dist.py", str(tmp_path / "dp2.json"),
              str(tmp_path / "case.pt"), "1")

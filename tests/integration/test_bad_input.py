@@ -116,6 +116,14 @@ CASES = [
     ("convert", "--tp 0", ["convert", "--hf", "{hf}", "--tp", "0", "--out", "{new}"], "--tp and --pp must be >= 1"),
     ("convert", "--to without --ckpt", ["convert", "--hf", "{hf}", "--to", "hf", "--out", "{new}"],
      "--to exports a rad_megatron checkpoint: give it with --ckpt"),
+    ("convert", "--to hf-hybrid, a layout GraniteMoeHybrid cannot express",
+     ["convert", "--ckpt", "{ckpt_eps}", "--to", "hf-hybrid", "--out", "{new}"],
+     "--to hf-hybrid: GraniteMoeHybrid cannot express this model exactly (rms_norm_eps=1e-06"),
+    ("generate", "--draft-len 0", ["generate", "--hf", "{hf}", "--speculative", "--skip", "1", "--draft-len", "0"],
+     "--draft-len 0: the draft length must be >= 1"),
+    ("generate", "a draft model with another tokenizer", ["generate", "--hf", "{hf}", "--speculative", "--draft-hf",
+                                                          "{hf_vocab100}", "--max-new-tokens", "2"],
+     "draft model '{hf_vocab100}' has another tokenizer (100 tokens"),
     ("eval", "--limit 0", ["eval", "--hf", "{hf}", "--limit", "0", "--out", "{new}.json"],
      "--limit 0: give a positive number of documents per task"),
     ("eval", "--out exists", ["eval", "--hf", "{hf}", "--out", "{eval_out}"], "refusing to overwrite '{eval_out}'"),
@@ -128,8 +136,18 @@ CASES = [
      "config.distill.train.grad_accum=0: must be an integer >= 1"),
     ("study", "ks=[0]", ["study", "--config", "{study}", "ks=[0]", "--out", "{new}"],
      "config.ks[0]=0: must be an integer >= 1"),
-    ("study", "strategies without uniform", ["study", "--config", "{study}", "strategies=[rad]", "--out", "{new}"],
-     "config.strategies must include 'uniform'"),
+    ("study", "strategies without a baseline", ["study", "--config", "{study}", "strategies=[rad]", "--out", "{new}"],
+     "config.strategies must include 'rad' and at least one baseline"),
+    ("study", "probe.objective=speed", ["study", "--config", "{study}", "probe.objective=speed", "--out", "{new}"],
+     "config.probe.objective='speed': must be one of throughput, expected_throughput, tokens_per_s, acceptance"),
+    ("study", "train.lr_sweep with a negative LR",
+     ["study", "--config", "{study}", "train.lr_sweep={{mil: [1.0e-3, -1]}}", "--out", "{new}"],
+     "config.train.lr_sweep.mil[1]=-1: must be a number > 0"),
+    ("study", "train.lr_sweep without an init", ["study", "--config", "{study}", "inits=[mil, rad_zero]",
+                                                 "train.lr_sweep={{mil: [1.0e-3]}}", "--out", "{new}"],
+     "config.train.lr_sweep: no learning rates for init rad_zero; give a non-empty list for every init"),
+    ("study", "bootstrap=1", ["study", "--config", "{study}", "bootstrap=1", "--out", "{new}"],
+     "config.bootstrap=1: must be an integer >= 10"),
     ("study", "train.lr=-1", ["study", "--config", "{study}", "train.lr=-1", "--out", "{new}"],
      "config.train.lr=-1: must be a number > 0"),
     ("study", "train.optim.eps=0", ["study", "--config", "{study}", "train.optim.eps=0", "--out", "{new}"],
@@ -157,6 +175,8 @@ def files(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("bad_input")
     tiny_hf_llama(d / "hf", seed=0, num_hidden_layers=2, tie_word_embeddings=False)
+    tiny_hf_llama(d / "hf_vocab100", seed=1, num_hidden_layers=2, vocab_size=100)
+    tiny_hf_llama(d / "hf_eps", seed=2, num_hidden_layers=2, rms_norm_eps=1e-6)
     rows = [{"question": f"what is {i} plus {i}?", "answer": f"{2 * i}."} for i in range(12)]
     (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (d / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n{\"question\": \"oops\"\n" + json.dumps(rows[1]) + "\n")
@@ -174,6 +194,7 @@ def files(tmp_path_factory):
     (d / "probe_bad.json").write_text('{"per_layer": [')
     (d / "eval_out.json").write_text("{}")
     assert main(["convert", "--hf", str(d / "hf"), "--out", str(d / "ckpt")]) == 0
+    assert main(["swap", "--hf", str(d / "hf_eps"), "--layers", "1", "--out", str(d / "ckpt_eps")]) == 0
     for name in ("ckpt_meta", "ckpt_shard", "ckpt_index"):
         shutil.copytree(d / "ckpt", d / name)
     (d / "ckpt_meta" / "rad_meta.json").write_text((d / "ckpt" / "rad_meta.json").read_text()[:50])
@@ -184,7 +205,8 @@ def files(tmp_path_factory):
             "yaml_bad": str(d / "broken.yaml"), "run": str(d / "run"), "new": str(d / "new_out"),
             "prompts": str(d / "data.jsonl"), "jsonl_bad": str(d / "bad.jsonl"), "probe_bad": str(d / "probe_bad.json"),
             "ckpt_meta": str(d / "ckpt_meta"), "ckpt_shard": str(d / "ckpt_shard"), "ckpt_index": str(d / "ckpt_index"),
-            "gguf": str(d / "not.gguf"), "eval_out": str(d / "eval_out.json"), "study": str(d / "study.yaml")}
+            "gguf": str(d / "not.gguf"), "eval_out": str(d / "eval_out.json"), "study": str(d / "study.yaml"),
+            "hf_vocab100": str(d / "hf_vocab100"), "ckpt_eps": str(d / "ckpt_eps")}
 
 
 def snapshot(folder: str) -> dict:
@@ -199,7 +221,8 @@ def _fill(items, files):
 def test_there_are_enough_distinct_cases():
     commands = {c[0] for c in CASES} | {c[0].split(" ")[0] for c in SUBPROCESS_CASES}
     assert len({(c[0], c[1]) for c in CASES + SUBPROCESS_CASES}) == len(CASES) + len(SUBPROCESS_CASES) >= 40
-    assert {"distill", "pipeline", "probe", "swap", "convert", "eval", "plan", "study", "launch/run.sh"} <= commands
+    assert {"distill", "pipeline", "probe", "swap", "convert", "eval", "plan", "study", "generate",
+            "launch/run.sh"} <= commands
 
 
 @pytest.mark.parametrize("command, what, argv, text", CASES, ids=[f"{c[0]}: {c[1]}" for c in CASES])

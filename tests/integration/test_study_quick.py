@@ -1,100 +1,84 @@
-"""`rad study --quick` on the real SmolLM2-135M-Instruct, shrunk further: every artefact is produced and agrees with the
-raw metrics (table rows and layers match the JSONL, the ratio recomputed here from the JSONL equals the table's), an
-interrupted study continues without redoing finished runs, and a restart with other settings is refused."""
+"""`rad study --quick` (configs/study_smollm2_v2.yaml) on the real SmolLM2-135M-Instruct, shrunk further: every
+artefact is produced and agrees with the raw metrics (the kept LR is the sweep's lowest training-loss tail, the
+layers are the probe evidence's, the end points and the ratio recomputed here from the JSONL equal the report's), an
+interrupted study continues without redoing finished runs, `--max-runs 0` rewrites the report without training, and
+a restart with other settings is refused."""
 
 import json
-import math
 import re
-from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import ROOT, rad
 
-TINY = ["train.steps=4", "train.eval_every=2", "accuracy.limit=2", "accuracy.max_new_tokens=8",
-        "accuracy.runs=[rad-*]", "data.max_examples=60"]
+CONFIG = str(ROOT / "configs/study_smollm2_v2.yaml")
+TINY = ["seeds=[0]", "data.max_examples=60", "bootstrap=50"]
 
 
-def _table(md: str) -> dict[tuple, dict]:
-    lines = md.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("| strategy | k | init | seeds |"))
-    head = [c.strip() for c in lines[start].strip("|").split("|")]
-    rows = {}
-    for ln in lines[start + 2:]:
-        if not ln.startswith("|"):
-            break
-        cells = dict(zip(head, (c.strip() for c in ln.strip("|").split("|"))))
-        rows[(cells["strategy"], int(cells["k"]), cells["init"])] = cells
-    return rows
+def _kl(rows, strategy):  # written independently of rad_megatron.study.metrics: token-weighted held-out KL
+    evals = sorted((r["tokens"], sum(r["example_kl"]) / sum(r["example_tokens"])) for r in rows
+                   if r.get("kind") == "eval" and r["strategy"] == strategy)
+    return [t for t, _ in evals], [v for _, v in evals]
 
 
-def _to_target(curve, target):  # written independently of rad_megatron.study.metrics
-    for i, (tokens, kl) in enumerate(curve):
-        if kl <= target:
-            if i == 0:
-                return 0.0
-            t0, k0 = curve[i - 1]
-            return t0 + (tokens - t0) * (k0 - target) / (k0 - kl)
-    return None
-
-
-def _ratio_text(t_u, t_s):
-    if t_s is None:
-        return "n/r"
-    if t_s == 0:
-        return "1.00 ± 0.00" if t_u == 0 else "∞"
-    return f"{t_u / t_s:.2f} ± 0.00"
+def _stay(tokens, curve, target):
+    above = [i for i, v in enumerate(curve) if v > target + 1e-12]
+    if not above:
+        return 0.0
+    i = above[-1]
+    if i == len(curve) - 1:
+        return None
+    return tokens[i] + (tokens[i + 1] - tokens[i]) * (curve[i] - target) / (curve[i] - curve[i + 1])
 
 
 @pytest.mark.slow
 def test_quick_study_artefacts_are_consistent(tmp_path):
     out = tmp_path / "study"
-    args = ["study", "--config", str(ROOT / "configs/study_smollm2.yaml"), "--quick", "--out", str(out), *TINY]
-    first = rad(*args, "--max-runs", "1", timeout=1200)
+    args = ["study", "--config", CONFIG, "--quick", "--out", str(out), *TINY]
+    first = rad(*args, "--max-runs", "3", timeout=1800)
     assert first.returncode == 0, first.stderr[-3000:]
-    done = sorted(p.parent.name for p in out.glob("runs/*/done.json"))
-    assert len(done) == 1 and (out / "convergence.md").is_file()
-    kept = out / "runs" / done[0] / "metrics.jsonl"
-    stamp = kept.stat().st_mtime_ns
+    assert "stopping after 3 runs" in first.stdout and (out / "convergence_v2.md").is_file()
+    sweep = sorted(p.parent.name for p in out.glob("runs/sweep/*/done.json"))
+    assert len(sweep) == 3 and not list(out.glob("runs/*/done.json"))  # the sweep runs first
+    stamp = (out / "runs" / "sweep" / sweep[0] / "metrics.jsonl").stat().st_mtime_ns
 
-    second = rad(*args, timeout=1200)
+    second = rad(*args, timeout=1800)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"{done[0]} layers" not in second.stdout and "run 2/2" in second.stdout  # finished run skipped
-    assert kept.stat().st_mtime_ns == stamp
+    started = [ln for ln in second.stdout.splitlines() if ln.startswith("sweep run")]
+    assert len(started) == 1 and sweep[0] not in started[0]  # finished runs are not redone
+    assert (out / "runs" / "sweep" / sweep[0] / "metrics.jsonl").stat().st_mtime_ns == stamp
+    md = (out / "convergence_v2.md").read_text()
+    rows = [json.loads(ln) for ln in (out / "convergence_v2.jsonl").read_text().splitlines()]
+    probe = json.loads((out / "convergence_v2_probe.json").read_text())
+    assert (out / "convergence_v2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "rad study --config" in md and "--quick" in md and "compute time" in md and "## Verdict" in md
 
-    md = (out / "convergence.md").read_text()
-    assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = [json.loads(ln) for ln in (out / "convergence.jsonl").read_text().splitlines()]
-    assert "rad study --config" in md and "--quick" in md and "compute time:" in md
-    table = _table(md)
-    assert set(table) == {("rad", 4, "rad_zero"), ("uniform", 4, "rad_zero")}
-    curves = {}
-    for r in rows:
-        if r["kind"] == "eval":
-            curves.setdefault(r["strategy"], []).append((r["tokens"], r["heldout_kl"]))
-    assert {len(c) for c in curves.values()} == {3}  # steps 0, 2, 4
-    target = sorted(curves["uniform"])[-1][1]
-    t_u = _to_target(sorted(curves["uniform"]), target)
-    for strategy, curve in curves.items():
-        curve = sorted(curve)
-        cells = table[(strategy, 4, "rad_zero")]
-        assert cells["final held-out KL"] == f"{curve[-1][1]:.4f} ± 0.0000"
-        assert cells["ratio uniform / strategy"] == _ratio_text(t_u, _to_target(curve, target))
-        layers = {tuple(r["layers"]) for r in rows if r["strategy"] == strategy}
-        assert len(layers) == 1 and f"| {strategy} | 4 | {list(next(iter(layers)))} (seeds [0])" in md
-    assert table[("uniform", 4, "rad_zero")]["ratio uniform / strategy"] == "1.00 ± 0.00"
-    # the rad set is the probe file's searched set
-    probe = json.loads((ROOT / "docs/results/probe_smollm2.json").read_text())
-    assert {tuple(r["layers"]) for r in rows if r["strategy"] == "rad"} == {tuple(sorted(probe["chosen"]["skip"]))}
-    acc = {p.stem: json.loads(p.read_text()) for p in (out / "accuracy").glob("*.json")}
-    assert set(acc) == {"teacher", "rad-k4-rad_zero-s0"}  # accuracy.runs picks the students
-    for name, a in acc.items():
-        assert a["n"] == 2 and 0 <= a["flexible"] <= 1 and len(a["samples"]) == 2
-        assert re.search(rf"\| {re.escape(name)} \| 2 \| {a['flexible']:.3f} \|", md)
-    assert "the teacher and 1 of 2 final students" in md
-    assert f"| 4 | rad_zero | {acc['rad-k4-rad_zero-s0']['flexible']:.3f} (1) |  |" in md  # uniform not scored
-    assert all(math.isfinite(r["heldout_kl"]) for r in rows if r["kind"] == "eval")
+    # the kept LR of each strategy: the lowest mean training loss over the last quarter of its sweep run
+    for strategy in ("rad", "uniform-keep0"):
+        tails = {}
+        for r in rows:
+            if r.get("phase") == "lr sweep" and r["strategy"] == strategy:
+                tails.setdefault(r["peak_lr"], []).append((r["step"], r["loss"]))
+        tails = {lr: np.mean([v for _, v in sorted(s)[-max(1, len(s) // 4):]]) for lr, s in tails.items()}
+        kept = min(tails, key=tails.get)
+        grid = {r["peak_lr"] for r in rows if r["strategy"] == strategy and r.get("phase") != "lr sweep"}
+        assert grid == {kept} and re.search(rf"\| {strategy} \| rad_zero \| .*\| {kept:.0e} \|", md)
+    # the layers: rad = the evidence's k=4 search, uniform-keep0 = the end of each quarter of the 30 layers
+    layers = {s: {tuple(r["layers"]) for r in rows if r["strategy"] == s} for s in ("rad", "uniform-keep0")}
+    assert layers["rad"] == {tuple(sorted(probe["chosen"]["skip"]))} and layers["uniform-keep0"] == {(6, 14, 21, 29)}
+    # end points and the ratio, recomputed from the JSONL
+    tokens, rad_kl = _kl(rows, "rad")
+    _, base_kl = _kl(rows, "uniform-keep0")
+    assert f"| 4 | rad_zero | rad | 0 | {rad_kl[0]:.3f} [" in md and f"| {rad_kl[-1]:.3f} [" in md
+    t_base, t_rad = _stay(tokens, base_kl, base_kl[-1]), _stay(tokens, rad_kl, base_kl[-1])
+    ratio = "n/r" if t_rad is None else "∞" if t_rad == 0 and t_base > 0 else "1.00" if t_rad == 0 else \
+        f"{t_base / t_rad:.2f}"
+    assert re.search(rf"\| 4 \| rad_zero \| uniform-keep0 \| 0 \| {base_kl[-1]:.3f} \[.*\| {re.escape(ratio)} \[", md), \
+        md[-3000:]
 
-    other = rad(*args[:-len(TINY)], *TINY[:-1], "data.max_examples=61")
+    again = rad(*args, "--max-runs", "0", timeout=1800)
+    assert again.returncode == 0 and "run (" not in again.stdout, again.stderr[-2000:]
+    other = rad(*args[:-len(TINY)], *TINY[:-2], "data.max_examples=61", "bootstrap=50")
     assert other.returncode == 2
     assert "holds runs made with other data settings" in other.stderr, other.stderr[-2000:]

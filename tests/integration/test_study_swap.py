@@ -7,11 +7,13 @@ from tests.helpers import rad, tiny_hf_llama
 
 
 def _probe_json(path, layers):
-    # per-layer scores fall with the layer index; skip KL rises with it except for the last layer
+    # per-layer scores fall with the layer index; skip KL rises with it except for the last layer; block influence
+    # is lowest for layers 1 and 2
     report = {"settings": {"objective": "throughput"},
               "per_layer": [{"skip": [b], "throughput": 1.0 - 0.1 * b} for b in layers],
               "chosen": {"skip": [1, 2]},
-              "per_layer_skip_kl": {str(b): (0.001 if b == layers[-1] else 0.1 * (b + 1)) for b in layers}}
+              "redundancy": {"kl": {str(b): (0.001 if b == layers[-1] else 0.1 * (b + 1)) for b in layers},
+                             "bi": {str(b): (0.01 if b in (1, 2) else 0.5) for b in layers}}}
     path.write_text(json.dumps(report))
     return path
 
@@ -19,7 +21,7 @@ def _probe_json(path, layers):
 def test_swap_by_strategy(tmp_path):
     hf = tiny_hf_llama(tmp_path / "hf", seed=6, num_hidden_layers=4)
     probe = _probe_json(tmp_path / "probe.json", [0, 1, 2, 3])
-    for strategy, want in (("kl", [0, 3]), ("uniform", [0, 2])):
+    for strategy, want in (("kl", [0, 3]), ("bi", [1, 2])):
         out = tmp_path / strategy
         proc = rad("swap", "--hf", str(hf), "--strategy", strategy, "--k", "2", "--probe", str(probe),
                    "--init", "mil", "--out", str(out))

@@ -9,7 +9,6 @@ from rad_megatron.config import ModelConfig
 from rad_megatron.errors import RadError
 from rad_megatron.model import build_model
 from rad_megatron.probe.cost import cost_model_throughput, draft_cost, flops_costs
-from rad_megatron.probe.kl import per_layer_kl
 from rad_megatron.probe.run import run_probe
 from rad_megatron.probe.score import ProbeSettings
 from rad_megatron.probe.search import top_k_set
@@ -46,15 +45,14 @@ def test_run_probe_records_everything(dist):
     assert report["chosen"]["throughput"] == best
     assert report["baseline_no_skip"]["acceptance"] == 1.0
     assert report["trials"][0]["skip"] == report["top_k_by_per_layer"], "the first trial is the per-layer top-k"
+    assert report["baseline_no_skip"]["expected_acceptance"] == pytest.approx(1.0, abs=1e-5)
+    assert all(0 < t["expected_acceptance"] <= 1 + 1e-9 and t["expected_throughput"] > 0 for t in report["per_layer"])
+    ranked = sorted(report["per_layer"], key=lambda t: (-t["throughput"], -t["expected_acceptance"], t["skip"]))
+    assert report["per_layer_ranking"] == [t["skip"][0] for t in ranked]  # alpha breaks throughput ties
+    assert set(report["redundancy"]) == {"kl", "bi", "attn_sim", "calibration"}
+    assert set(report["redundancy"]["bi"]) == {"0", "1", "2", "3"}
     with pytest.raises(RadError, match="--k 5 must be between 1 and the number of attention layers \\(4\\)"):
         run_probe(model, prompts, k=5, trials=2, settings=ProbeSettings())
-
-
-def test_skip_kl_orders_layers(dist):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(**CFG)).eval()
-    kl = per_layer_kl(model, [[1, 2, 3, 4, 5]])
-    assert set(kl) == {0, 1, 2, 3} and all(v > 0 for v in kl.values())
 
 
 def _err(proc, text):

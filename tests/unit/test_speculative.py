@@ -78,7 +78,7 @@ def test_lossless_when_every_draft_is_rejected(dist, layout, monkeypatch):
 
     def wrong_draft(session, y0, skip, budget, confidence, device):  # always one off the verifier's choice
         start = session.offset - len(prompt) + 1
-        return [(ref[min(start + i, len(ref) - 1)] + 1) % V for i in range(budget)]
+        return [(ref[min(start + i, len(ref) - 1)] + 1) % V for i in range(budget)], torch.zeros(budget, V)
 
     monkeypatch.setattr(speculative, "_draft", wrong_draft)
     out, stats = speculative_generate(model, prompt, [0], 4, 15)
@@ -94,3 +94,24 @@ def test_bad_skip_sets(dist):
         speculative_generate(model, [1, 2], [9], 4, 4)
     with pytest.raises(RadError, match="non-empty prompt"):
         speculative_generate(model, [], [0], 4, 4)
+
+
+def test_alpha_is_one_exactly_for_equal_distributions_and_lower_for_a_drifted_draft(dist, monkeypatch):
+    logits = torch.randn(5, V, generator=torch.Generator().manual_seed(0)) * 4
+    assert speculative.acceptance_probability(logits, logits).tolist() == pytest.approx([1.0] * 5, abs=1e-12)
+    assert (speculative.acceptance_probability(logits, 2 * logits) < 1 - 1e-3).all()
+
+    model = _model("hybrid", seed=3)
+    _, same = speculative_generate(model, [3, 4, 5], [], 4, 13)  # drafting with nothing skipped: the same model
+    assert same.acceptance_rate == 1.0 and same.expected_acceptance == pytest.approx(1.0, abs=1e-5)
+    real_draft = speculative._draft
+
+    def sharper(session, y0, skip, budget, confidence, device):  # the full model's argmax, a sharper distribution
+        tokens, logits = real_draft(session, y0, (), budget, confidence, device)
+        return tokens, 3.0 * logits
+
+    monkeypatch.setattr(speculative, "_draft", sharper)
+    out, drifted = speculative_generate(model, [3, 4, 5], [0], 4, 13)
+    assert out == generate(model, [[3, 4, 5]], 13)[0]
+    assert drifted.acceptance_rate == 1.0 and drifted.drafted > 0  # greedy acceptance cannot tell them apart
+    assert drifted.alpha_positions == drifted.drafted and drifted.expected_acceptance < 0.99
