@@ -335,11 +335,24 @@ def part_distill(c: Check) -> dict:
            "student_wait_s": statistics.median(r["student_wait_s"] for r in steady),
            "loss_first": train[0]["loss"], "loss_last": train[-1]["loss"],
            "heldout_kl_first": evals[0]["heldout_kl"], "heldout_kl_last": evals[-1]["heldout_kl"]}
+    rec.update(_distill_mfu(run, shape, rec["tokens_per_s"]))
     rec.update(_overlap(c, folder, shape))
     if rec["checkpoint_weight_dtype"] != "bfloat16":
         rec["detail"] = (f"system.precision=bf16 was requested but the trainer saved {rec['checkpoint_weight_dtype']} "
                          f"weights: precision not honoured by this trainer")
     return rec
+
+
+def _distill_mfu(run: Path, shape: dict, tokens_per_s: float) -> dict:
+    """The student step's model FLOPs (forward, the backward it needs to reach the new Mamba layers, their weight
+    gradients: plan.flops) at the run's measured tokens/s, against the GPU's dense bf16 peak. The teacher shares the
+    GPU in this 2-process run, so this is the student's share of a shared device, not a student-alone MFU."""
+    from rad_megatron.checkpoint.store import model_config
+    from rad_megatron.plan.flops import train_flops
+
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest.txt").read_text().strip()
+    per_token = train_flops(model_config(ckpt), shape["seq"], "new_mamba", shape["layers"], "none")[0]
+    return {"student_model_flop_per_token": per_token, "student_mfu": per_token * tokens_per_s / PEAK_BF16_FLOPS}
 
 
 def _overlap(c: Check, folder: Path, shape: dict) -> dict:
@@ -440,7 +453,8 @@ def _numbers(name: str, r: dict) -> str:
     if name == "distill":
         return (f"{r['steps']} steps, seq {r['seq']} x {r['batch']}: {r['tokens_per_s']:.0f} tokens/s, loss "
                 f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}, held-out KL {r['heldout_kl_first']:.4f} -> "
-                f"{r['heldout_kl_last']:.4f}, saved weights {r['checkpoint_weight_dtype']}; overlap R "
+                f"{r['heldout_kl_last']:.4f}, student MFU {r['student_mfu']:.1%} (GPU shared with the teacher), "
+                f"saved weights {r['checkpoint_weight_dtype']}; overlap R "
                 f"{r['overlap_R']:.2f} (stream over {r['stream_backend']})")
     if name == "student_step":
         d, h = r["dense"], r["hybrid"]

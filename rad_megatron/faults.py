@@ -86,7 +86,10 @@ def describe_failure(err: BaseException, folder=None) -> str:
     if peer:
         return f"a peer rank stopped ({peer})"
     for e in chain(err):  # a CheckpointException's own text is a multi-line traceback: name the rank's error
-        if not getattr(e, "failures", None):
+        failures = getattr(e, "failures", None)
+        if failures == {}:  # raised on a rank whose own part was fine (e.g. a teacher in a sharded training save)
+            return "a peer rank stopped (its part of the checkpoint write failed)"
+        if not failures:
             return first_line(e)
     return first_line(err)
 

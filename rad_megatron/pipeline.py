@@ -14,7 +14,8 @@ from rad_megatron.sources import load_source as _load
 from rad_megatron.sources import prepare_sources
 
 
-def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None) -> int:
+def run_pipeline(cfg, system, train_cfg, data_cfg, resume=False, stop_after=None) -> int:
+    """`system`: distill.system.TrainerSystem (how each side is built and laid out)."""
     from megatron.core import parallel_state
 
     from rad_megatron.distill.roles import init_roles
@@ -34,18 +35,26 @@ def run_pipeline(cfg, layout, train_cfg, data_cfg, resume=False, stop_after=None
         layers = _probe(cfg, ctx, probe_path, resume)
     t_probe = time.perf_counter() - t0
     parallel_state.destroy_model_parallel()
-    role = init_roles(layout, seed=train_cfg.seed)
+    role = init_roles(system.layout, seed=train_cfg.seed)
     source = cfg.model
     if role.is_student:
-        model, tok, meta = _load(source, role.tp, role.tp_rank, process_group=role.student_group)
+        build = system.student.options()
+        # each pipeline stage swaps the blocks it holds (the Mamba layers' default-initialised parameters are drawn
+        # per stage, so they differ from a PP 1 run's; `rad swap` + `rad distill` gives the same student at any PP)
+        model, tok, meta = _load(source, role.tp, role.tp_rank, process_group=role.student_group, **build)
         model = swap_attention_to_mamba(model, layers, init=cfg.swap.init, seed=cfg.swap.seed)
+        if build["recompute"] != "none" or build["sequence_parallel"]:  # the swap builds without them
+            from rad_megatron.checkpoint.shard import rebuilt
+
+            model = rebuilt(model, **build)
         meta = {"source": meta.get("source"), "swaps": model.rad_swaps,
                 "mamba_init": {str(b): cfg.swap.init for b in layers}}
     else:
         teacher = cfg.distill.teacher if (cfg.distill.teacher.hf or cfg.distill.teacher.ckpt) else source
-        model, tok, meta = _load(teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group)
+        model, tok, meta = _load(teacher, role.tp, role.tp_rank, role.pg_collection, role.teacher_group,
+                                 **system.teacher.options())
     records = run_distill(role, model, tok, data_cfg, train_cfg, out, sorted(layers), resume, stop_after, meta,
-                          teacher_cache=cfg.distill.teacher.cache)
+                          teacher_cache=cfg.distill.teacher.cache, system=system)
     if role.is_main:
         _summary(cfg, out, layers, records, time.perf_counter() - t0, t_probe)
     dist.barrier()

@@ -98,12 +98,12 @@ RECOMPUTE = ("none", "selective", "full")
 
 @dataclass
 class SystemSection:
-    """How a run maps onto accelerators. `rad plan` reads all of it; the CPU trainer runs fp32 without recompute and
-    with one pipeline stage whatever it says."""
+    """How a run maps onto accelerators. The trainer and `rad plan` resolve it through one function
+    (distill.system.resolve_system), so the plan sizes what `rad distill` / `rad pipeline` run."""
 
     precision: str = field(default="fp32", metadata=rules(choices=PRECISIONS))
     """fp32 | bf16. bf16: bf16 weights and activations, fp32 gradients, fp32 master weights and Adam states
-    (Megatron's mixed precision)."""
+    (Megatron's mixed precision); the teacher runs in bf16 too. Losses are fp32 either way."""
     recompute: str = field(default="none", metadata=rules(choices=RECOMPUTE))
     """Activation recompute: none | selective (core attention recomputed in the backward pass, Megatron's default
     selective module) | full (every layer recomputed from its saved input)."""

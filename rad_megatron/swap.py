@@ -20,6 +20,7 @@ import torch
 
 from rad_megatron.checkpoint.hf_llama import split_qkv
 from rad_megatron.config import ATTENTION, MAMBA, ModelConfig
+from rad_megatron.distill.targeting import layer_offset
 from rad_megatron.errors import RadError
 from rad_megatron.model import build_model
 from rad_megatron.model.layout import mixer_layer_index
@@ -124,16 +125,18 @@ def swap_attention_to_mamba(model, blocks, init: str = "rad_zero", seed: int = 0
         _check_mil_shape(new_cfg)
     torch.manual_seed(seed)  # identical on every rank: the full-matrix CPU init then slices consistently
     with _seeded_rng_tracker(seed):
-        new = build_model(new_cfg, tp=tp, dtype=model.config.params_dtype,
+        new = build_model(new_cfg, tp=tp, dtype=model.config.params_dtype, pp=getattr(model, "rad_pp", 1),
                           device=next(model.parameters()).device)
+    # a pipeline stage numbers its layers from 0: swap the blocks whose mixer sits on this stage
+    offset, count = layer_offset(model), len(model.decoder.layers)
+    local = [mixer_layer_index(b) - offset for b in blocks if 0 <= mixer_layer_index(b) - offset < count]
     old_sd, new_sd = model.state_dict(), new.state_dict()
-    swapped_prefixes = tuple(f"decoder.layers.{mixer_layer_index(b)}." for b in blocks)
+    swapped_prefixes = tuple(f"decoder.layers.{j}." for j in local)
     for k, v in new_sd.items():
         if k.startswith(swapped_prefixes) or k.endswith("_extra_state") or k not in old_sd:
             continue
         v.copy_(old_sd[k])
-    for b in blocks:
-        j = mixer_layer_index(b)
+    for j in local:
         old_layer, new_layer = model.decoder.layers[j], new.decoder.layers[j]
         _set_mamba_norm(new_layer, _norm_weight(old_layer))
         if init != "random":

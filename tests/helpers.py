@@ -59,6 +59,16 @@ def tiny_hf_llama(folder: Path, seed: int = 0, **overrides) -> Path:
     return folder
 
 
+def distill_inputs(folder: Path) -> Path:
+    """The distillation tests' teacher (a 4-block tiny Llama, untied, under folder/hf) and data (50 sums as
+    question/answer rows, folder/data.jsonl); returns `folder`."""
+    tiny_hf_llama(folder / "hf", seed=0, num_hidden_layers=4, tie_word_embeddings=False)
+    rows = [{"question": f"what is {i} plus {i + 1}?", "answer": f"{i} plus {i + 1} is {2 * i + 1}."}
+            for i in range(50)]
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return folder
+
+
 def hf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 

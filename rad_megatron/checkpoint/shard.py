@@ -191,3 +191,22 @@ def load_full_state_dict(model, full: dict[str, torch.Tensor], tp: int, tp_rank:
         params.update(dict(model.named_buffers()))
         for k, v in local.items():
             params[k].copy_(v.to(params[k].dtype))
+
+
+
+def rebuilt(model, **build):
+    """The same model (this rank's TP shard and pipeline stage, same weights) built again with other build_model
+    runtime options (`build`: dtype, recompute, sequence_parallel, pp = the model's own)."""
+    from rad_megatron.model.build import build_model
+
+    build = {**build, "pp": getattr(model, "rad_pp", 1)}
+    new = build_model(model.rad_config, tp=model.rad_tp, device=next(model.parameters()).device, **build)
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    missing = sorted(set(k for k in new.state_dict() if not k.endswith("_extra_state")) - set(own))
+    if missing:
+        raise RadError(f"rebuild: no weights for '{missing[0]}'")
+    new.load_state_dict(own, strict=False)
+    for name in ("rad_swaps", "rad_meta"):
+        if hasattr(model, name):
+            setattr(new, name, getattr(model, name))
+    return new

@@ -179,11 +179,12 @@ def load_model(path, tp: int = 1, dtype=torch.float32, process_group=None, pp: i
     try:
         # a model on groups outside the global parallel state names its data-parallel group itself
         metadata = {"dp_cp_group": pg_collection.dp_cp} if pg_collection is not None else None
-        state = dist_checkpointing.load(model.sharded_state_dict(metadata=metadata), str(path),
-                                        process_group=process_group)
+        sharded = model.sharded_state_dict(metadata=metadata)
+        state = dist_checkpointing.load(sharded, str(path), process_group=process_group)
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - several types, CheckpointException a BaseException
         raise RadError(f"cannot load checkpoint '{path}': {describe_failure(e)}") from None
-    model.load_state_dict(state, strict=True)
+    # a training checkpoint also holds optimizer and training state (distill.train_state); the model takes its own
+    model.load_state_dict({k: v for k, v in state.items() if k in sharded}, strict=True)
     model.rad_meta = read_meta(path)
     return model
 

@@ -21,13 +21,16 @@ def add_parsers(sub):
 
 def _setup(args):
     """Every check before anything is written; then --force moves an earlier run aside."""
+    from rad_megatron.distill.system import resolve_system
     from rad_megatron.run_folder import check_run_folder, move_aside
     from rad_megatron.settings import build_data_config, build_roles, build_train_config, load_run_config
 
     cfg = load_run_config(args.config, args.overrides)
     if args.out:
         cfg.out = args.out
-    parts = cfg, build_roles(cfg.distill), build_train_config(cfg.distill), build_data_config(cfg.data)
+    data_cfg = build_data_config(cfg.data)
+    system = resolve_system(cfg.system, build_roles(cfg.distill), data_cfg.seq_len)
+    parts = cfg, system, build_train_config(cfg.distill), data_cfg
     if cfg.distill.teacher.cache:
         from rad_megatron.distill.run import refuse_foreign_cache
 
@@ -43,22 +46,23 @@ def distill(args) -> int:
     from rad_megatron.distill.run import run_distill
     from rad_megatron.sources import load_source, new_layers_of, prepare_sources
 
-    cfg, layout, train_cfg, data_cfg = _setup(args)
+    cfg, system, train_cfg, data_cfg = _setup(args)
     prepare_sources(cfg.model, *([] if cfg.distill.teacher.cache else [cfg.distill.teacher]))
-    role = init_roles(layout, seed=train_cfg.seed)
+    role = init_roles(system.layout, seed=train_cfg.seed)
     if role.is_student:
-        model, tok, meta = load_source(cfg.model, role.tp, role.tp_rank, process_group=role.student_group)
+        model, tok, meta = load_source(cfg.model, role.tp, role.tp_rank, process_group=role.student_group,
+                                       **system.student.options())
     else:
         model, tok, meta = load_source(cfg.distill.teacher, role.tp, role.tp_rank, role.pg_collection,
-                                       role.teacher_group)
+                                       role.teacher_group, **system.teacher.options())
     run_distill(role, model, tok, data_cfg, train_cfg, Path(cfg.out), new_layers_of(meta), args.resume,
                 args.stop_after, meta={k: v for k, v in meta.items() if k in ("source", "mamba_init", "swaps")},
-                teacher_cache=cfg.distill.teacher.cache)
+                teacher_cache=cfg.distill.teacher.cache, system=system)
     return 0
 
 
 def pipeline(args) -> int:
     from rad_megatron.pipeline import run_pipeline
 
-    cfg, layout, train_cfg, data_cfg = _setup(args)
-    return run_pipeline(cfg, layout, train_cfg, data_cfg, resume=args.resume, stop_after=args.stop_after)
+    cfg, system, train_cfg, data_cfg = _setup(args)
+    return run_pipeline(cfg, system, train_cfg, data_cfg, resume=args.resume, stop_after=args.stop_after)

@@ -2,8 +2,11 @@
 
 One `StageOptimizer` per training stage, because each stage trains a different parameter group and Megatron's DDP
 sizes its gradient buffers (and the distributed optimizer its shards) from the parameters that require grad at
-construction. DP > 1 uses the distributed optimizer (optimizer state sharded over the data-parallel replicas) unless
-the config turns it off. On CPU the Megatron calls run inside `megatron_cuda_on_cpu()` (see distributed/cpu.py).
+construction. Gradients are reduced and kept in fp32 (DDP's grad_reduce_in_fp32); with bf16 weights Megatron's
+mixed-precision optimizer keeps fp32 main parameters and steps those (`main_params`). By default the distributed
+optimizer holds the state (sharded over data-parallel replicas; one shard at DP = 1), so a checkpoint of it has one
+format at every layout and resumes at another TP, PP or DP size (`sharded_state_dict`, Megatron's
+"fully_reshardable"). On CPU the Megatron calls run inside `megatron_cuda_on_cpu()` (see distributed/cpu.py).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import torch
 import torch.distributed as dist
 
 from rad_megatron.distributed.cpu import megatron_cuda_on_cpu
@@ -34,7 +38,9 @@ class OptimConfig:
     min_lr_ratio: float = field(default=0.1, metadata=rules(ge=0, le=1))
     """Cosine decays to this fraction of the stage's peak LR."""
     distributed_optimizer: bool | None = None
-    """Shard optimizer state over data-parallel replicas (Megatron's distributed optimizer); None: on when DP > 1."""
+    """Shard optimizer state over data-parallel replicas (Megatron's distributed optimizer); None: on (at DP = 1 it
+    holds one shard, and its checkpoints reshard to any TP / PP / DP layout). False: Megatron's plain optimizer
+    (its checkpoints reshard over TP and PP)."""
 
 
 @contextlib.contextmanager
@@ -67,12 +73,12 @@ def _world_is(group):
 class StageOptimizer:
     """Megatron DDP wrapper + optimizer + LR scheduler over the parameters that currently require grad."""
 
-    def __init__(self, model, cfg: OptimConfig, peak_lr: float, steps: int, dp: int, group=None):
+    def __init__(self, model, cfg: OptimConfig, peak_lr: float, steps: int, dp: int, group=None, bf16: bool = False):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-        dist_opt = dp > 1 if cfg.distributed_optimizer is None else cfg.distributed_optimizer
+        dist_opt = uses_distributed_optimizer(cfg)
         with megatron_cuda_on_cpu(), _world_is(group):
             self.ddp = DistributedDataParallel(
                 model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=dist_opt),
@@ -81,7 +87,7 @@ class StageOptimizer:
                 OptimizerConfig(optimizer="adam", lr=peak_lr, min_lr=peak_lr * cfg.min_lr_ratio,
                                 weight_decay=cfg.weight_decay, adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1],
                                 adam_eps=cfg.eps, clip_grad=cfg.clip_grad, use_distributed_optimizer=dist_opt,
-                                bf16=False, fp16=False),
+                                bf16=bf16, fp16=False),
                 [self.ddp])
         # Megatron's scheduler sets the LR for its current step count; stepping it by one *before* each optimizer
         # step makes update k (1-based) use warmup k / warmup_steps, so no update is spent at LR 0.
@@ -91,6 +97,7 @@ class StageOptimizer:
             lr_decay_style="cosine", start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
             wd_incr_steps=max(steps, 1), wd_incr_style="constant")
         self.distributed = dist_opt
+        _align_param_index_maps(self.optimizer)
 
     def zero_grad(self):
         self.ddp.zero_grad_buffer()
@@ -101,11 +108,13 @@ class StageOptimizer:
         from megatron.core.distributed import finalize_model_grads
 
         self.scheduler.step(1)
-        lr = self.optimizer.param_groups[0]["lr"]
+        # a pipeline stage may train nothing in this stage (Megatron gives it a stub optimizer that still joins
+        # the gradient-norm reductions); its LR is the scheduler's all the same
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer.param_groups else self.scheduler.get_lr({})
         with megatron_cuda_on_cpu():
             finalize_model_grads([self.ddp])
             ok, norm, _ = self.optimizer.step()
-        if not ok:  # fp32 never overflows; a failed update means the gradients are broken
+        if not ok:  # fp32 / bf16 have no loss scale to back off; a failed update means the gradients are broken
             raise RuntimeError("Megatron optimizer skipped the update (non-finite gradients)")
         return lr, float(norm) if norm is not None else float("nan")
 
@@ -117,17 +126,111 @@ class StageOptimizer:
             if hasattr(p, "main_grad"):
                 del p.main_grad
 
+    def _chained(self) -> list:
+        return getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+
     def _inner(self):
-        return [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
+        return [o.optimizer for o in self._chained() if o.optimizer is not None]
 
-    def state_dict(self) -> dict:
-        """This rank's state: the torch optimizers over this rank's parameters (its shard under the distributed
-        optimizer) and the scheduler. Saved per (TP, DP) rank; resuming needs the same layout."""
-        return {"inner": [o.state_dict() for o in self._inner()], "scheduler": self.scheduler.state_dict(),
-                "distributed": self.distributed}
+    def main_params(self) -> list:
+        """The tensors Adam updates: fp32 copies of bf16 weights under mixed precision, the weights themselves
+        (or their shards under the distributed optimizer) in fp32."""
+        return [p for o in self._inner() for g in o.param_groups for p in g["params"]]
 
-    def load_state_dict(self, state: dict):
-        for o, s in zip(self._inner(), state["inner"], strict=True):
-            o.load_state_dict(s)
+    # Megatron's metadata for the distributed optimizer's checkpoint format: the canonical per-parameter layout
+    # (exp_avg, exp_avg_sq, fp32 main parameter shaped like the model's tensor), gathered over DP with gloo onto
+    # DP rank 0 for the save, so that any TP / PP / DP layout can load it.
+    SHARDING = {"distrib_optim_sharding_type": "fully_reshardable",
+                "distrib_optim_fully_reshardable_mem_efficient": True}
+
+    @property
+    def is_stub(self) -> bool:
+        """This rank's model (a pipeline stage without a trainable layer) trains nothing in this stage: its
+        optimizer joins the collective reductions but holds no state. The same on every DP replica of the stage, so
+        the checkpoint's collective gathers over DP are skipped by all of them or by none."""
+        return not any(p.requires_grad for p in self.ddp.module.parameters())
+
+    def sharded_state_dict(self, model_sharded: dict, is_loading: bool = False) -> dict:
+        """Megatron's sharded optimizer state (keyed by the model's sharded tensors) + the LR scheduler."""
+        state = {"optimizer": {}, "scheduler": self.scheduler.state_dict(), "distributed": self.distributed}
+        if self.is_stub:
+            return state
+        if is_loading:
+            self._prepare_load()
+        with megatron_cuda_on_cpu():
+            state["optimizer"] = self.optimizer.sharded_state_dict(model_sharded, is_loading=is_loading,
+                                                                   metadata=self.SHARDING)
+        if is_loading:
+            self._loading = state["optimizer"]
+        return state
+
+    def load_sharded(self, state: dict):
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.is_stub:
+            return
+        # The checkpoint's unsharded optimizer state (parameter-group settings) is global rank 0's, which may be a
+        # stage that trains nothing: take what is missing from this rank's own loading state dict, and Adam's step
+        # from the scheduler, which counts the same updates (both restart with each training stage).
+        loaded = _fill_missing(state["optimizer"], self._loading)
+        for group in loaded.get("optimizer", {}).get("param_groups", []):
+            group["step"] = self.scheduler.num_steps
+        with megatron_cuda_on_cpu():
+            self.optimizer.load_state_dict(loaded)
+        # Megatron's load (without TE / Apex) gives every parameter's torch-Adam state one shared `step` tensor,
+        # which Adam then advances once per parameter per update; each parameter needs its own
+        for inner in self._inner():
+            for st in inner.state.values():
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].clone()
 
+    def _prepare_load(self):
+        """Two gaps of Megatron's load path without TE / Apex (torch Adam keeps a per-parameter `step`): building the
+        loading state dict reads `step` from a state that does not exist yet, and the distributed optimizer's
+        fully-reshardable load expects `step` among the per-parameter tensors it restores (it restores the step
+        from the parameter groups instead). Give the fresh state zeros and a step, and let the restore skip it."""
+        for inner in self._inner():
+            for group in inner.param_groups:
+                for p in group["params"]:
+                    state = inner.state[p]
+                    if not state:
+                        state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p),
+                                     step=torch.tensor(0.0))
+        for o in self._chained():
+            restore = getattr(o, "_set_main_param_and_optimizer_states", None)
+            if restore is not None and not getattr(restore, "rad_skips_step", False):
+                def skip_step(model_param, tensors, _restore=restore):
+                    return _restore(model_param, {"step": None, **tensors})
+
+                skip_step.rad_skips_step = True
+                o._set_main_param_and_optimizer_states = skip_step
+
+
+def _align_param_index_maps(optimizer) -> None:
+    """Megatron's distributed optimizer orders each group's Adam parameters fp32 first, then the fp32 copies of
+    bf16 ones, but indexes them (`model_param_group_index_map`, which its checkpoint save and load go through) in
+    gradient-buffer order; when a group mixes dtypes (bf16 weights beside Mamba's fp32 A_log) the two disagree.
+    Re-index in the order the parameters really have."""
+    for o in getattr(optimizer, "chained_optimizers", [optimizer]):
+        ranges = getattr(o, "opt_group_ranges", None)
+        if ranges is None:
+            continue
+        for gi, group in enumerate(ranges):
+            fp32 = [p for p in group["params"] if p.dtype == torch.float32]
+            low = [p for p in group["params"] if p.dtype != torch.float32]
+            for j, p in enumerate(fp32 + low):
+                o.model_param_group_index_map[p] = (gi, j)
+
+
+def _fill_missing(loaded: dict, local: dict) -> dict:
+    """`loaded` with every key it lacks taken from `local` (recursively)."""
+    out = dict(loaded)
+    for k, v in local.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _fill_missing(out[k], v)
+    return out
+
+
+def uses_distributed_optimizer(cfg: OptimConfig) -> bool:
+    return True if cfg.distributed_optimizer is None else bool(cfg.distributed_optimizer)

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from rad_megatron.data.loader import TrainData, tokenizer_fingerprint
@@ -56,11 +57,14 @@ def refuse_foreign_cache(cfg, train_cfg, data_cfg) -> None:
 
 def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: list[int], resume: bool = False,
                 stop_after: int | None = None, meta: dict | None = None,
-                teacher_cache: str | None = None) -> list[dict]:
+                teacher_cache: str | None = None, system=None) -> list[dict]:
     """Students train `model`; teachers serve with `model` (their teacher). With `teacher_cache` (a folder written by
-    `rad teacher-cache`) every rank is a student and the targets are read from it. Returns the student's records."""
-    from rad_megatron.distill.trainer import (StudentTrainer, check_resume_config, latest_checkpoint,
-                                              run_teacher)
+    `rad teacher-cache`) every rank is a student and the targets are read from it. Returns the student's records.
+    `system` (distill.system.TrainerSystem) says how the models were built and how the student trains; None: fp32,
+    no recompute, no sequence or pipeline parallelism."""
+    from rad_megatron.distill.system import eval_width_multiple
+    from rad_megatron.distill.teacher import run_teacher
+    from rad_megatron.distill.trainer import StudentTrainer, check_resume_config, latest_checkpoint
 
     out = Path(out)
     vocab = model.rad_config.vocab_size
@@ -71,28 +75,31 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
     from rad_megatron.distill.peers import make_meeting_group, peer_losses_named
 
     make_meeting_group(train_cfg.stream.timeout_s)  # collective: every rank, now that both sides have loaded
-    # the one place a distillation's model and data go to the rank's device (the GPU where there is one), so every
-    # batch and stream buffer is there too
+    # the one place a distillation's model goes to the rank's device (the GPU where there is one); the data stays on
+    # the host and each micro-batch moves when it is used (schedule.take)
     model = model.to(role.device)
     train = TrainData(data_cfg, tok, is_main=dist.get_rank() == 0)
-    held = {k: v.to(role.device) for k, v in train.held.items()} if train.held is not None else None
+    held = train.held  # on the host, like the training data: each evaluation batch moves when it is used
+    if held is not None and system is not None:
+        held = pad_width(held, eval_width_multiple(system))
     cache = open_teacher_cache(teacher_cache, tok, train, train_cfg) if teacher_cache else None
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
         raise RadError(f"--resume: no checkpoint under {out}/checkpoints (nothing to resume)")
     if ckpt is not None:
-        check_resume_config(ckpt, train_cfg)
+        check_resume_config(ckpt, train_cfg, role.student_dp)
     if role.is_student:
         if ckpt is not None:
             from rad_megatron.checkpoint.store import load_model
 
-            model = load_model(ckpt, tp=role.tp, process_group=role.student_group).to(role.device)
+            build = system.student.options() if system is not None else {}
+            model = load_model(ckpt, tp=role.tp, process_group=role.student_group, **build).to(role.device)
         trainer = StudentTrainer(role, model, train_cfg, train, held, new_layers, out, tokenizer=tok, meta=meta,
-                                 teacher_cache=cache)
+                                 teacher_cache=cache, mixed_precision=system is not None and system.mixed_precision)
         if ckpt is not None:
             start = trainer.load_state(ckpt)
-            _truncate_metrics(out / "metrics.jsonl", start)
+            _truncate_metrics(out / "metrics.jsonl", start, role.is_main)
         with peer_losses_named(role, lambda: trainer.step):
             records = trainer.run(start, stop_after)
         if role.is_main:
@@ -102,14 +109,25 @@ def run_distill(role, model, tok, data_cfg, train_cfg, out: Path, new_layers: li
         from rad_megatron.checkpoint.store import read_meta
 
         start = read_meta(ckpt)["train"]["step"]
+    model.requires_grad_(False)  # the teacher only serves: no optimizer, no gradients
     with peer_losses_named(role, lambda: None):
         run_teacher(role, model, train_cfg, train, held, out, start, stop_after)
     return []
 
 
-def _truncate_metrics(path: Path, step: int):
+def pad_width(held: dict, multiple: int) -> dict:
+    """Held-out batches widened (masked, pad id 0) to a multiple of `multiple` positions: sequence parallelism
+    splits every sequence over the TP ranks. Causal, so the unpadded positions see the same tokens."""
+    width = held["input_ids"].shape[1]
+    extra = -width % multiple
+    if not extra:
+        return held
+    return {k: torch.nn.functional.pad(v, (0, extra)) for k, v in held.items()}
+
+
+def _truncate_metrics(path: Path, step: int, is_main: bool):
     """A resumed run rewrites what came after its checkpoint."""
-    if not path.is_file() or not dist.get_rank() == 0:
+    if not path.is_file() or not is_main:
         return
     keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
     path.write_text("".join(ln + "\n" for ln in keep))

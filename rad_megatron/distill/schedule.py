@@ -32,3 +32,14 @@ def replica_slice(indices: list[int], replica: int, micro: int, dp: int, mbs: in
     """A step draws dp * grad_accum * mbs sequence indices; this is (replica, micro)'s share."""
     start = (micro * dp + replica) * mbs
     return indices[start: start + mbs]
+
+
+def take(data, rows, device, keys=None) -> dict:
+    """The micro-batch `rows` of host-resident `data`, moved to `device`: the only place training data reaches a
+    device, one micro-batch at a time, and only the fields (`keys`, those `data` has) the rank uses. `data`: a dict
+    of [n, s] tensors (held-out batches; `rows` indices or a slice) or a data.loader.TrainData (`rows` global sample
+    ids, read from its memory-mapped corpus)."""
+    if hasattr(data, "batch"):
+        b = data.batch(rows)
+        return {k: v.to(device, non_blocking=True) for k, v in b.items() if keys is None or k in keys}
+    return {k: data[k][rows].to(device, non_blocking=True) for k in (keys or data) if k in data}

@@ -47,6 +47,18 @@ class StreamConfig:
     """Deadline of every wait on the other side (a student for its teacher's next message, a teacher for its students
     to take one, both for the other at a checkpoint save): past it the rank stops with one line naming the silent
     rank, well before the 10-minute collective timeout."""
+    dtype: str = field(default="fp32", metadata=rules(choices=("fp32", "bf16")))
+    """Of the log-probabilities sent: fp32 | bf16. fp32 by default: the loss recovers probabilities with exp() and
+    the tail bucket as 1 - sum(top-k), where bf16's 8-bit mantissa (0.4% per value) would dominate KLs near 0 (a
+    student close to its teacher); bf16 halves the stream's bytes where the link is the bottleneck (whole
+    vocabulary, top_k = 0). The loss is computed in fp32 either way."""
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return STREAM_DTYPES[self.dtype]
+
+
+STREAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def checksum(ids: torch.Tensor) -> float:
@@ -70,8 +82,8 @@ def message_shapes(batch: int, seq: int, vocab: int, k: int):
     return [(HEADER,), (batch, seq, width)] + ([(batch, seq, k)] if k else [])
 
 
-def message_bytes(batch, seq, vocab, k) -> int:
-    return HEADER * 8 + batch * seq * (k if k else vocab) * 4 + (batch * seq * k * 4 if k else 0)
+def message_bytes(batch, seq, vocab, k, value_bytes: int = 4) -> int:
+    return HEADER * 8 + batch * seq * (k if k else vocab) * value_bytes + (batch * seq * k * 4 if k else 0)
 
 
 @torch.no_grad()
@@ -79,15 +91,22 @@ def teacher_token_targets(model, ids: torch.Tensor, labels: torch.Tensor, cfg: S
                           seq_idx: torch.Tensor | None = None):
     """(values, indices or None, log-probability of each label at T = 1 [b, s]) of one micro-batch (full-vocabulary
     logits gathered over TP; seq_idx: packed documents, each seen alone)."""
-    logits = forward_logits(model, ids, seq_idx=seq_idx).float()
+    return token_targets_from_logits(forward_logits(model, ids, seq_idx=seq_idx), labels, cfg)
+
+
+@torch.no_grad()
+def token_targets_from_logits(logits: torch.Tensor, labels: torch.Tensor, cfg: StreamConfig):
+    """`teacher_token_targets` from the teacher's full-vocabulary logits [b, s, V] (also a last pipeline stage's
+    output); the values in the stream's dtype (stream.dtype)."""
+    logits = logits.float()
     # no logits / 1.0: a vocabulary-sized copy for nothing (rad plan's teacher memory counts none at T = 1)
     logp = torch.log_softmax(logits if cfg.temperature == 1.0 else logits / cfg.temperature, -1)
     logp1 = logp if cfg.temperature == 1.0 else torch.log_softmax(logits, -1)
     label_logp = logp1.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     if cfg.top_k:
         vals, idx = logp.topk(cfg.top_k, dim=-1)
-        return vals.contiguous(), idx.int().contiguous(), label_logp
-    return logp.contiguous(), None, label_logp
+        return vals.to(cfg.torch_dtype).contiguous(), idx.int().contiguous(), label_logp
+    return logp.to(cfg.torch_dtype).contiguous(), None, label_logp
 
 
 def target_sums(label_logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
@@ -101,6 +120,13 @@ def teacher_targets(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.
                     seq_idx: torch.Tensor | None = None):
     """(values, indices or None, nll_sum, tokens) of one micro-batch."""
     vals, idx, label_logp = teacher_token_targets(model, ids, labels, cfg, seq_idx)
+    return (vals, idx, *target_sums(label_logp, mask))
+
+
+@torch.no_grad()
+def targets_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig):
+    """`teacher_targets` from the teacher's full-vocabulary logits [b, s, V] (a last pipeline stage's output)."""
+    vals, idx, label_logp = token_targets_from_logits(logits, labels, cfg)
     return (vals, idx, *target_sums(label_logp, mask))
 
 
@@ -157,7 +183,7 @@ class StudentReceiver:
         if not self.to_post:
             return
         step, micro, batch, seq = self.to_post.popleft()
-        dtypes = [torch.float64, torch.float32, torch.int32]
+        dtypes = [torch.float64, self.cfg.torch_dtype, torch.int32]
         shapes = message_shapes(batch, seq, self.vocab, self.cfg.top_k)
         bufs = [torch.empty(s, dtype=d, device=self.wire) for s, d in zip(shapes, dtypes)]
         with talking_to(f"teacher rank {self.src}", done_before(step, micro), self.cfg.timeout_s):

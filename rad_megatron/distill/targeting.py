@@ -44,12 +44,30 @@ def trainable_prefixes(cfg, group: str, new_layers: list[int]) -> list[str] | No
     return prefixes
 
 
+def global_name(name: str, layer_offset: int) -> str:
+    """A pipeline stage's parameter name with its layer index made global (Megatron numbers a stage's layers from 0;
+    `layer_offset` is the global index of the stage's first layer)."""
+    head = "decoder.layers."
+    if not layer_offset or not name.startswith(head):
+        return name
+    local, rest = name[len(head):].split(".", 1)
+    return f"{head}{int(local) + layer_offset}.{rest}"
+
+
+def layer_offset(model) -> int:
+    """Global index of this pipeline stage's first hybrid layer (0 without pipeline parallelism)."""
+    layers = model.decoder.layers
+    return layers[0].layer_number - 1 if len(layers) else 0
+
+
 def apply_targeting(model, group: str, new_layers: list[int]) -> list:
-    """Set requires_grad by group; returns the trainable parameters (in a fixed order)."""
+    """Set requires_grad by group (layer prefixes are global, so a swapped layer is found on whichever pipeline stage
+    holds it); returns this stage's trainable parameters (in a fixed order)."""
     prefixes = trainable_prefixes(model.rad_config, group, new_layers)
+    offset = layer_offset(model)
     params = []
     for name, p in model.named_parameters():
-        p.requires_grad_(prefixes is None or name.startswith(tuple(prefixes)))
+        p.requires_grad_(prefixes is None or global_name(name, offset).startswith(tuple(prefixes)))
         if p.requires_grad:
             params.append(p)
     return params

@@ -87,7 +87,7 @@ def build_model(cfg: ModelConfig, tp: int = 1, dtype=torch.float32, use_te: bool
     spec.submodules.mamba_layer.submodules.mixer.params = _mixer_params(cfg)
     tcfg = transformer_config(cfg, tp=tp, pp=pp, dtype=dtype, recompute=recompute,
                               sequence_parallel=sequence_parallel)
-    first, last = _pipeline_stage(pp)
+    first, last = _pipeline_stage(pp, pg_collection)
     # A tied output layer on the last stage is synchronised from the first with a `.cuda()` copy inside
     # HybridModel.__init__; on CPU that copy needs Megatron's CUDA-on-CPU mode (a no-op on GPU and at pp=1).
     with _stage_init_context(pp):
@@ -105,10 +105,13 @@ def build_model(cfg: ModelConfig, tp: int = 1, dtype=torch.float32, use_te: bool
     return model.to(device=device)
 
 
-def _pipeline_stage(pp: int) -> tuple[bool, bool]:
-    """(is first stage, is last stage) of this rank; both True without pipeline parallelism."""
+def _pipeline_stage(pp: int, pg_collection=None) -> tuple[bool, bool]:
+    """(is first stage, is last stage) of this rank; both True without pipeline parallelism. A model on its own
+    groups (a distillation teacher) asks its own pipeline group."""
     if pp == 1:
         return True, True
+    if pg_collection is not None:
+        return pg_collection.pp.rank() == 0, pg_collection.pp.rank() == pg_collection.pp.size() - 1
     from megatron.core import parallel_state
 
     return parallel_state.is_pipeline_first_stage(), parallel_state.is_pipeline_last_stage()

@@ -34,4 +34,9 @@ class RMSNorm(nn.Module):
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (self.hidden_size,), self.weight.float(), self.eps).to(x.dtype)
+        # contiguous_format: the cast back would keep the input's strides, and a [s, 1, h] tensor whose size-1 batch
+        # dimension has a stray stride makes the next torch.matmul (Megatron's frozen-weight linear) expand the
+        # weight to [s, h, out] for a bmm on CPU - a transient of tokens x weight bytes (384 MiB at 256 x 1024 x 768)
+        # where a single mm needs none. A no-op in fp32 (the result is already dense).
+        y = F.rms_norm(x.float(), (self.hidden_size,), self.weight.float(), self.eps)
+        return y.to(x.dtype, memory_format=torch.contiguous_format)

@@ -70,19 +70,22 @@ class LayerActs:
         return self.needed + self.wgrad
 
 
-def _norm(d: int, e: int, k: Kernels) -> LayerActs:
+def _norm(d: int, e: int, k: Kernels, sp: int = 1) -> LayerActs:
     """Input RMSNorm + the input of the linear it feeds. TE: x and rstd (fp32) kept, the normalised output only for
-    the weight gradient. torch: x, rstd; x * rstd and the linear's input only for weight gradients."""
+    the weight gradient. torch: x, rstd; x * rstd and the linear's input only for weight gradients.
+    Under sequence parallelism (`sp` = the TP size) each rank holds 1/sp of the sequence here, and Megatron's
+    column-parallel linear keeps its input un-gathered (it gathers again in the backward pass)."""
     if k.te_norm_linear:
-        return LayerActs(e * d + FP32, e * d)
-    return LayerActs(e * (d + 1), 2 * e * d)
+        return LayerActs((e * d + FP32) / sp, e * d / sp)
+    return LayerActs(e * (d + 1) / sp, 2 * e * d / sp)
 
 
-def attention_acts(cfg: ModelConfig, tp: int, mbs: int, e: int, k: Kernels, recompute: str) -> LayerActs:
+def attention_acts(cfg: ModelConfig, tp: int, mbs: int, e: int, k: Kernels, recompute: str,
+                   sp: int = 1) -> LayerActs:
     hd = cfg.num_attention_heads // tp * cfg.kv_channels
     kvd = kv_heads_per_rank(cfg, tp) * cfg.kv_channels
     heads = cfg.num_attention_heads // tp
-    n = _norm(cfg.hidden_size, e, k)
+    n = _norm(cfg.hidden_size, e, k, sp)
     rope = 4 * e * cfg.kv_channels / mbs  # unfused RoPE keeps cos and sin [s, d_h] for q and for k, per sequence
     # rotated q, k; v is a view keeping the whole qkv output; the attention output; fp32 log-sum-exp per head
     # (recomputed under selective recompute)
@@ -90,22 +93,22 @@ def attention_acts(cfg: ModelConfig, tp: int, mbs: int, e: int, k: Kernels, reco
     return LayerActs(n.needed + rope + core, n.wgrad + (e * hd if k.attention_output_copy else 0))
 
 
-def mlp_acts(cfg: ModelConfig, tp: int, e: int, k: Kernels) -> LayerActs:
+def mlp_acts(cfg: ModelConfig, tp: int, e: int, k: Kernels, sp: int = 1) -> LayerActs:
     """SwiGLU as our TransformerConfig builds it (bias_activation_fusion off): fc1's output [2F] (SiLU's input is a
     view of it), SiLU's output and the linear half [F each]; fc2's input [F] only for its weight gradient."""
     f = cfg.intermediate_size // tp
-    n = _norm(cfg.hidden_size, e, k)
+    n = _norm(cfg.hidden_size, e, k, sp)
     return LayerActs(n.needed + e * 4 * f, n.wgrad + e * f)
 
 
-def mamba_acts(cfg: ModelConfig, tp: int, seq: int, e: int, k: Kernels) -> LayerActs:
+def mamba_acts(cfg: ModelConfig, tp: int, seq: int, e: int, k: Kernels, sp: int = 1) -> LayerActs:
     w = mamba_widths(cfg)
     d_inner, heads, groups = w.d_inner // tp, w.heads // tp, w.groups // tp
     conv, in_proj, hn = w.conv // tp, w.in_proj // tp, heads * w.state
     x_copy = d_inner if w.x // w.head_dim < w.heads else 0  # per-head repeat of a narrow x (MIL) is a new tensor
     b_copy = hn if w.b // w.state < w.heads else 0
     c_copy = hn if w.groups < w.heads else 0
-    n = _norm(cfg.hidden_size, e, k)
+    n = _norm(cfg.hidden_size, e, k, sp)
     wgrad = n.wgrad + e * d_inner + FP32 * d_inner  # out_proj input; normalised output before the norm weight
     if k.fused_ssd:
         # in_proj output (z and dt views keep it), conv output (C's view keeps it), per-head copies, scan output,
@@ -139,19 +142,20 @@ def _torch_ssd(w, tp: int, seq: int, e: int, x_copy: int) -> tuple[float, float]
 
 
 def layer_acts(cfg: ModelConfig, kind: str, tp: int, seq: int, mbs: int, e: int, k: Kernels,
-               recompute: str) -> LayerActs:
+               recompute: str, sp: int = 1) -> LayerActs:
     """Saved activations per token of one hybrid layer ('attention' | 'mamba' | 'mlp') under `recompute`.
-    Full recompute keeps only each layer's input (the layer is re-run in the backward pass)."""
+    Full recompute keeps only each layer's input (the layer is re-run in the backward pass), 1/sp of it under
+    sequence parallelism (`sp`: the TP size when system.sequence_parallel, else 1)."""
     if recompute == "full":
-        return LayerActs(e * cfg.hidden_size, 0.0)
+        return LayerActs(e * cfg.hidden_size / sp, 0.0)
     if kind == ATTENTION:
-        return attention_acts(cfg, tp, mbs, e, k, recompute)
+        return attention_acts(cfg, tp, mbs, e, k, recompute, sp)
     if kind == MAMBA:
-        return mamba_acts(cfg, tp, seq, e, k)
-    return mlp_acts(cfg, tp, e, k)
+        return mamba_acts(cfg, tp, seq, e, k, sp)
+    return mlp_acts(cfg, tp, e, k, sp)
 
 
-def head_acts(cfg: ModelConfig, e: int, k: Kernels) -> LayerActs:
+def head_acts(cfg: ModelConfig, e: int, k: Kernels, sp: int = 1) -> LayerActs:
     """Final norm and the output layer's input (the embedding keeps only its int64 token ids: 8 bytes)."""
-    n = _norm(cfg.hidden_size, e, k)
+    n = _norm(cfg.hidden_size, e, k, sp)
     return LayerActs(n.needed, n.wgrad)

@@ -56,6 +56,10 @@ class Job:
     precision: str
     recompute: str
     distributed_optimizer: bool
+    sequence_parallel: bool
+    """system.sequence_parallel (in effect on a side whose TP > 1)."""
+    stream_value_bytes: int
+    """Bytes per log-probability sent by the teacher (distill.train.stream.dtype)."""
     probe_tokens: int
     """Longest probe sequence (0: no probe): data.seq_len as the prompt bound + new tokens + draft + 1."""
     nodes: int
@@ -81,6 +85,8 @@ class Job:
 
 def build_job(cfg, nodes: int, gpus_per_node: int) -> Job:
     """Resolve `cfg` (a RunConfig) against `nodes` x `gpus_per_node` ranks; RadError when the layout cannot exist."""
+    from rad_megatron.distill.optim import uses_distributed_optimizer
+    from rad_megatron.distill.system import check_system
     from rad_megatron.settings import build_data_config, build_model_config, build_roles, build_train_config
 
     for name, v in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
@@ -95,15 +101,17 @@ def build_job(cfg, nodes: int, gpus_per_node: int) -> Job:
     if teacher_model.vocab_size != base.vocab_size:
         raise RadError(f"the teacher's vocabulary ({teacher_model.vocab_size}) differs from the student's "
                        f"({base.vocab_size}); distillation streams log-probabilities over one shared vocabulary")
+    check_system(cfg.system, roles, data.seq_len)  # what the trainer would refuse, refused here in the same words
     student, teacher = _sides(cfg, roles, student_model, teacher_model, nodes * gpus_per_node)
-    dist_opt = getattr(train.optim, "distributed_optimizer", None)
     probe_tokens = data.seq_len + cfg.probe.max_new_tokens + cfg.probe.draft_len + 1 if from_probe else 0
     job = Job(student=student, teacher=teacher, base=base, new_layers=new_layers, layers_from_probe=from_probe,
               stages=[(s.trainable, s.steps) for s in train.stages], micro_batch=train.micro_batch_size,
               grad_accum=train.grad_accum, seq_len=data.seq_len, eval_batch=train.eval_batch_size,
               top_k=train.stream.top_k, lookahead=train.stream.lookahead, temperature=train.stream.temperature,
               ce_weight=train.loss.ce, precision=cfg.system.precision, recompute=cfg.system.recompute,
-              distributed_optimizer=student.dp > 1 if dist_opt is None else bool(dist_opt),
+              distributed_optimizer=uses_distributed_optimizer(train.optim),
+              sequence_parallel=cfg.system.sequence_parallel,
+              stream_value_bytes=train.stream.torch_dtype.itemsize,
               probe_tokens=probe_tokens, nodes=nodes, gpus_per_node=gpus_per_node)
     if from_probe:
         job.notes.append(f"swap.layers is unset: the probe picks {len(new_layers)} layers; planned with the first "

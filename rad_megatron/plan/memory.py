@@ -16,7 +16,7 @@ pass as activations are freed and go before the next forward, so they join the o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from rad_megatron.plan.activations import FP32, Kernels, head_acts, layer_acts
 from rad_megatron.plan.job import Job, Side
@@ -39,15 +39,23 @@ class RankMemory:
     peak: float = 0.0
     phase: str = ""
     """Which phase sets the peak: train | eval | optimizer | inference."""
+    phases: dict = field(default_factory=dict)
+    """Bytes each phase adds to what is held all run (weights, optimizer state, gradient buffer, stream)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def message_bytes(batch: int, seq: int, vocab: int, top_k: int) -> int:
-    """One teacher -> student message: header, top-k fp32 values and int32 indices (or the full fp32 vocabulary)."""
+def message_bytes(batch: int, seq: int, vocab: int, top_k: int, value_bytes: int = FP32) -> int:
+    """One teacher -> student message: header, top-k values (stream.dtype) and int32 indices (or the whole
+    vocabulary's values)."""
     width = top_k or vocab
-    return HEADER_VALUES * 8 + batch * seq * width * FP32 + (batch * seq * top_k * 4 if top_k else 0)
+    return HEADER_VALUES * 8 + batch * seq * width * value_bytes + (batch * seq * top_k * 4 if top_k else 0)
+
+
+def sp_split(job: Job, side: Side) -> int:
+    """How many ways sequence parallelism splits a side's norm and residual activations (its TP size, or 1)."""
+    return side.tp if job.sequence_parallel and side.tp > 1 else 1
 
 
 # ---------------------------------------------------------------------------------------------------- student
@@ -76,7 +84,8 @@ def _student(job: Job, stage: int, k: Kernels, group: str) -> RankMemory:
     m.logits = max(train_ws, eval_ws)
     if last:  # lookahead posted receives + the one being consumed; int64 copy of the indices for the loss
         batch = max(job.micro_batch, job.eval_batch)
-        m.stream = ((job.lookahead + 1) * message_bytes(batch, job.seq_len, cfg.vocab_size, job.top_k)
+        m.stream = ((job.lookahead + 1) * message_bytes(batch, job.seq_len, cfg.vocab_size, job.top_k,
+                                                        job.stream_value_bytes)
                     + 8 * batch * job.seq_len * job.top_k)
     largest = max((p.largest for p, t in zip(parts, trainable) if t), default=0)
     adam_tmp = 0.0 if k.fused_adam else 2 * FP32 * largest  # sqrt(v) and its bias-corrected copy
@@ -89,6 +98,7 @@ def _student(job: Job, stage: int, k: Kernels, group: str) -> RankMemory:
         phases["optimizer"] = m.grads + adam_tmp
     m.phase = max(phases, key=phases.get)
     m.peak = fixed + phases[m.phase]
+    m.phases = phases
     return m
 
 
@@ -125,19 +135,20 @@ def _train_activations(job: Job, stage: int, k: Kernels, group: str) -> float:
         return 0.0
     first = flags.index(True)
     offset = sum(len(stage_parts(cfg, side.tp, side.pp, s)) for s in range(stage))
+    sp = sp_split(job, side)
     per_token, largest = 0.0, 0.0
     for i, p in enumerate(stage_parts(cfg, side.tp, side.pp, stage)):
         if offset + i < first or p.kind in ("embedding", "output"):
             continue
         if p.kind == "final_norm":
-            acts = head_acts(cfg, e, k)
+            acts = head_acts(cfg, e, k, sp)
             out_trains = flags[offset + i + 1] if offset + i + 1 < len(flags) else False
             per_token += acts.total if (flags[offset + i] or out_trains) else acts.needed
             continue
-        acts = layer_acts(cfg, p.kind, side.tp, job.seq_len, job.micro_batch, e, k, job.recompute)
+        acts = layer_acts(cfg, p.kind, side.tp, job.seq_len, job.micro_batch, e, k, job.recompute, sp)
         per_token += acts.total if flags[offset + i] else acts.needed
         if job.recompute == "full":  # the layer being recomputed holds its full activations once
-            full = layer_acts(cfg, p.kind, side.tp, job.seq_len, job.micro_batch, e, k, "none")
+            full = layer_acts(cfg, p.kind, side.tp, job.seq_len, job.micro_batch, e, k, "none", sp)
             largest = max(largest, full.total)
     in_flight = min(side.pp - stage, job.grad_accum)
     return per_token * tokens * in_flight + largest * tokens
@@ -150,10 +161,12 @@ def _transient(side: Side, stage: int, k: Kernels, job: Job, tokens: int) -> flo
     kinds = {p.kind for p in stage_parts(cfg, side.tp, side.pp, stage)} & {"attention", "mamba", "mlp"}
     batch = max(tokens // job.seq_len, 1)
 
-    def per_token(kind):
-        return layer_acts(cfg, kind, side.tp, job.seq_len, batch, e, k, "none").total
+    sp = sp_split(job, side)
 
-    return (max((per_token(kind) for kind in kinds), default=0.0) + 2 * e * cfg.hidden_size) * tokens
+    def per_token(kind):
+        return layer_acts(cfg, kind, side.tp, job.seq_len, batch, e, k, "none", sp).total
+
+    return (max((per_token(kind) for kind in kinds), default=0.0) + 2 * e * cfg.hidden_size / sp) * tokens
 
 
 # ---------------------------------------------------------------------------------------------------- teacher
@@ -172,7 +185,8 @@ def teacher_memory(job: Job, stage: int, kernels: Kernels) -> RankMemory:
         per_token = e * vl + (e * v if side.tp > 1 else 0) + (FP32 * v if e != FP32 else 0) + FP32 * v
         per_token += 2 * FP32 * v if job.temperature != 1.0 else 0  # logits / T and a second log-softmax
         m.logits = per_token * tokens
-        m.stream = (job.lookahead + 1) * message_bytes(batch, job.seq_len, cfg.vocab_size, job.top_k)
+        m.stream = (job.lookahead + 1) * message_bytes(batch, job.seq_len, cfg.vocab_size, job.top_k,
+                                                       job.stream_value_bytes)
     m.phase = "inference"
     m.peak = m.weights + max(m.activations, m.logits) + m.stream
     return m

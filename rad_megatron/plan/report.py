@@ -97,7 +97,7 @@ def format_plan(plan: Plan, title: str = "") -> str:
     j, t = plan.job, plan.time
     lines = [f"rad plan{': ' + title if title else ''} on {j.nodes} node(s) x {j.gpus_per_node} GPUs "
              f"({plan.gpu_mem_gib:g} GiB, {plan.reserve_gib:g} GiB reserved), kernels {plan.kernels.name}, "
-             f"{j.precision}, recompute {j.recompute}, "
+             f"{j.precision}, recompute {j.recompute}, sequence parallel {'on' if j.sequence_parallel else 'off'}, "
              f"distributed optimizer {'on' if j.distributed_optimizer else 'off'}",
              "",
              f"- student: {_describe(j.student.model, j.student)}; new Mamba layers {j.new_layers}; stages "

@@ -7,15 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, rad, tiny_hf_llama, torchrun
+from tests.helpers import ROOT, distill_inputs, rad, tiny_hf_llama, torchrun
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("distill")
-    tiny_hf_llama(d / "hf", seed=0, num_hidden_layers=4, tie_word_embeddings=False)
-    rows = [{"question": f"what is {i} plus {i + 1}?", "answer": f"{i} plus {i + 1} is {2 * i + 1}."} for i in range(50)]
-    (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    d = distill_inputs(tmp_path_factory.mktemp("distill"))
     cfg = {
         "model": {"hf": str(d / "hf")}, "swap": {"layers": [1, 2], "init": "rad_zero"},
         "data": {"path": str(d / "data.jsonl"), "seq_len": 48, "held_out": 4},
@@ -60,7 +57,7 @@ def test_kill_and_resume_is_bit_exact_and_targeting_holds(dist, setup, full):
     _pipeline(d, d / "cut", "--stop-after", "6", nproc=3)
     assert (d / "cut/checkpoints/latest.txt").read_text() == "step_000006"
     assert sorted(p.name for p in (d / "cut/checkpoints/step_000006/train_state").iterdir()) == [
-        "tp0_dp0.pt", "tp0_dp1.pt"]
+        "rng_tp0_pp0_dp0.pt", "rng_tp0_pp0_dp1.pt"]
     resumed = _pipeline(d, d / "cut", "--resume", nproc=3)
     assert _strip(resumed) == _strip(full)
     # mid-epoch resume at DP=2: every step took the next 8 global samples, none repeated or skipped

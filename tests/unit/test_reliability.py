@@ -184,7 +184,7 @@ def test_save_failure_names_the_cause_and_cleans_up(tiny_model, tmp_path, monkey
 
 def test_corrupt_checkpoint_files_are_named(tiny_model, tmp_path):
     from rad_megatron.checkpoint.store import check_complete, read_meta, save_model
-    from rad_megatron.distill.trainer import load_train_state
+    from rad_megatron.distill.train_state import load_train_state
 
     ckpt = tmp_path / "c"
     save_model(tiny_model, ckpt)
@@ -217,6 +217,8 @@ def test_failure_causes_are_read_from_errno_text_and_checkpoint_exceptions(tmp_p
     assert peer_cause(RuntimeError("Timed out waiting 10000ms for recv operation to complete")) == "timed out"
     other = CheckpointException("read", {1: (ValueError("bad magic\nmore"), None)})
     assert describe_failure(other) == "ValueError: bad magic"
+    # a rank whose own part of a collective save was fine learns only that the save failed elsewhere
+    assert describe_failure(CheckpointException("write", {})).startswith("a peer rank stopped")
 
 
 def test_launcher_maps_a_rank_status():
