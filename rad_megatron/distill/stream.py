@@ -20,12 +20,12 @@ import torch
 import torch.distributed as dist
 
 from rad_megatron.distill.peers import talking_to, wait_for
+from rad_megatron.distill.schedule import EVAL_MICRO
 from rad_megatron.errors import RadError
 from rad_megatron.model.forward import forward_logits
 from rad_megatron.validation import rules
 
 HEADER = 5  # [step, micro, checksum, teacher_nll_sum, teacher_tokens]
-EVAL_MICRO = 1000  # micro-batch numbers from here on are held-out evaluation batches, sent after their step
 
 
 def done_before(step: int, micro: int) -> int:
