@@ -127,6 +127,10 @@ def test_resume_at_another_layout_continues_the_run(runs):
     assert _strip(_metrics(runs, "same_layout")) == _strip(_metrics(runs, "ref"))
     _close(_metrics(runs, "ref"), _metrics(runs, "tp1_to_tp2"), 1e-5, steps={3, 4})
     _close(_metrics(runs, "dp2"), _metrics(runs, "dp2_to_dp1"), 1e-5, steps={3, 4})
+    # resumed at DP 1, the run reads the very global samples the DP 2 run read next: none repeated, none skipped
+    def samples(name):
+        return {r["step"]: r["samples"] for r in _metrics(runs, name) if "samples" in r}
+    assert samples("dp2_to_dp1") == samples("dp2") and {3, 4} <= set(samples("dp2"))
     _close(_metrics(runs, "pp2"), _metrics(runs, "pp2_to_pp1"), 1e-5, steps={3, 4})
     # a stage that trains nothing (stub optimizer on global rank 0) saves and resumes too
     assert all(r["grad_norm"] > 1e-4 for r in _metrics(runs, "pp2_stub") if "loss" in r)
