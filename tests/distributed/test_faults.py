@@ -190,7 +190,11 @@ def test_kills_keep_the_last_checkpoint_and_resume_reproduces_the_run(dist, setu
     job.kill(0)
     _fault(job, "SIGKILL student", 1, time.monotonic(), out / "checkpoints" / "step_000008", before, results)
 
-    # SIGSTOP teacher after step 9: the student waits stream.timeout_s, names it and stops
+    # SIGSTOP teacher after step 9: the student waits stream.timeout_s, names it and stops. The killed run may have
+    # logged step 9 already: drop what follows the kept checkpoint first (as --resume does), so the wait below sees
+    # this run's step 9, not a stale one (a SIGSTOP before the ranks meet would hang in the rendezvous instead)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("".join(ln + "\n" for ln in metrics.read_text().splitlines() if json.loads(ln)["step"] <= 8))
     job = Job(d / "cfg.yaml", out, "--resume", f"distill.train.stream.timeout_s={TIMEOUT_S}")
     _until(lambda: '"step": 9, "stage"' in (out / "metrics.jsonl").read_text(), 600, job, "step 9")
     job.procs[1].send_signal(signal.SIGSTOP)
