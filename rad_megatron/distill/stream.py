@@ -119,8 +119,7 @@ def target_sums(label_logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, fl
 def teacher_targets(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig,
                     seq_idx: torch.Tensor | None = None):
     """(values, indices or None, nll_sum, tokens) of one micro-batch."""
-    vals, idx, label_logp = teacher_token_targets(model, ids, labels, cfg, seq_idx)
-    return (vals, idx, *target_sums(label_logp, mask))
+    return targets_from_logits(forward_logits(model, ids, seq_idx=seq_idx), labels, mask, cfg)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from rad_megatron.distill.schedule import events, replica_slice, take
 from rad_megatron.distill.peers import meet_before_save
 from rad_megatron.distill.step import stage_forward
 from rad_megatron.distill.stream import EVAL_MICRO, TeacherSender, targets_from_logits, teacher_targets
+from rad_megatron.model.forward import gathered_vocab
 
 
 def save_steps(cfg, stop_after: int | None) -> set[int]:
@@ -94,11 +95,7 @@ class TeacherServer:
             return out, None
 
         def send(logits):
-            if self.model.rad_tp > 1:
-                from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
-                logits = gather_from_tensor_model_parallel_region(logits, group=self.model.rad_tp_group)
-            full = logits[..., : self.model.rad_config.vocab_size]
+            full = gathered_vocab(self.model, logits)
             self._send(replica, step, micro, b, targets_from_logits(full, b["labels"], b["loss_mask"],
                                                                     self.cfg.stream))
             return torch.zeros((), device=logits.device), {}

@@ -65,8 +65,11 @@ def forward_logits(model, input_ids: torch.Tensor, gather: bool = True, inferenc
                        runtime_gather_output=False)
     if pad:
         logits = logits[:, :s]
-    if not gather:
-        return logits
+    return gathered_vocab(model, logits) if gather else logits
+
+
+def gathered_vocab(model, logits: torch.Tensor) -> torch.Tensor:
+    """This rank's vocab shard [..., V/tp] -> the full vocabulary [..., vocab_size] (TP gather, padding removed)."""
     if model.rad_tp > 1:
         logits = gather_from_tensor_model_parallel_region(logits, group=model.rad_tp_group)
     return logits[..., : model.rad_config.vocab_size]
