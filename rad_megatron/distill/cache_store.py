@@ -38,6 +38,7 @@ import torch
 from rad_megatron.distill.schedule import EVAL_MICRO, replica_slice
 from rad_megatron.distill.stream import checksum, target_sums
 from rad_megatron.errors import RadError
+from rad_megatron.faults import failpoint
 
 FORMAT = 1
 MANIFEST, PARTIAL, EVAL_FILE = "manifest.json", "partial.json", "eval.safetensors"
@@ -90,6 +91,12 @@ def to_records(dtype: np.dtype, input_ids, vals, idx, label_logp, mask, values: 
     return rec
 
 
+def _write_synced(f, data: bytes) -> None:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 class ShardWriter:
     """The append-only shard of one writer rank (see the module docstring); opening it drops uncommitted bytes."""
 
@@ -103,10 +110,10 @@ class ShardWriter:
         self.bin, self.ids = open(bin_path, "ab"), open(ids_path, "ab")
 
     def append(self, sample_ids, records: np.ndarray) -> None:
-        for f, data in ((self.bin, records.tobytes()), (self.ids, np.asarray(sample_ids, "<i8").tobytes())):
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(self.bin, records.tobytes())
+        # a test hook: a kill here leaves records without their ids (nothing unless RAD_FAILPOINT names it)
+        failpoint(f"teacher-cache-records-written:{self.count}")
+        _write_synced(self.ids, np.asarray(sample_ids, "<i8").tobytes())
         self.count += len(records)
 
     def close(self) -> None:

@@ -2,12 +2,17 @@
 one, targeting freezes what it should, kill-and-resume is bit-exact, and bad input fails in one line."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, distill_inputs, rad, tiny_hf_llama, torchrun
+from tests.helpers import ROOT, distill_inputs, free_port, rad, tiny_hf_llama, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -177,15 +182,21 @@ def test_teacher_from_rad_checkpoint_at_tp2_matches_hf_teacher(setup, tmp_path):
                 assert abs(ra[key] - rb[key]) <= 1e-5 * max(1.0, abs(ra[key])), (key, ra, rb)
 
 
-def test_run_from_teacher_cache_equals_live_teacher(setup, full, tmp_path):
-    """`rad teacher-cache` on two ranks (two writers, one shard each), then the same run with no teacher rank and
-    its two student replicas reading the cache: the loss trace and the evaluations equal the live run's exactly
-    (steps 1-6; the rest of the run reads the cache the same way)."""
-    d, cache = setup, tmp_path / "cache"
-    proc = rad("teacher-cache", "--config", str(d / "cfg.yaml"), "--out", str(cache), "--replicas", "2", nproc=2)
+@pytest.fixture(scope="module")
+def cache(setup):
+    """`rad teacher-cache` on two ranks (two writers, one shard each) for two student replicas."""
+    proc = rad("teacher-cache", "--config", str(setup / "cfg.yaml"), "--out", str(setup / "cache"), "--replicas", "2",
+               nproc=2)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest = json.loads((setup / "cache" / "manifest.json").read_text())
     assert manifest["writers"] == 2 and [s["records"] for s in manifest["shards"]] == [48, 48]
+    return setup / "cache"
+
+
+def test_run_from_teacher_cache_equals_live_teacher(setup, full, cache, tmp_path):
+    """The same run with no teacher rank and its two student replicas reading the cache: the loss trace and the
+    evaluations equal the live run's exactly (steps 1-6; the rest of the run reads the cache the same way)."""
+    d = setup
     cached = _pipeline(d, tmp_path / "run", f"distill.teacher.cache={cache}", "--stop-after", "6", nproc=2)
     assert len(cached) == 8 and _strip(cached) == _strip(full[:8])  # steps 0-6 and the evaluation after step 6
 
@@ -194,3 +205,53 @@ def test_run_from_teacher_cache_equals_live_teacher(setup, full, tmp_path):
                f"distill.teacher.cache={cache}", "distill.train.stream.top_k=8")
     _one_line(proc, f"distill.teacher.cache={cache} was made with top_k=16, this run has top_k=8")
     assert proc.returncode == 2 and not any(p.is_file() for p in (tmp_path / "bad").rglob("*"))
+
+
+def _cache_ranks(cfg: Path, out: Path, *args: str, env=None) -> list[subprocess.Popen]:
+    """`rad teacher-cache --replicas 2` as two ranks started with torchrun's variables, each in a session of its own
+    (a kill takes the rank and whatever it started, as a node failure would)."""
+    port, procs = free_port(), []
+    for r in range(2):
+        rank_env = {**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+        procs.append(subprocess.Popen([sys.executable, "-m", "rad_megatron", "teacher-cache", "--config", str(cfg),
+                                       "--out", str(out), "--replicas", "2", *args], env=rank_env, cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))
+    return procs
+
+
+def test_killed_teacher_cache_resumes_to_the_same_files(setup, cache, tmp_path):
+    """Both writers SIGKILLed in the middle of their third micro-batch (its records written, their ids not): the
+    command refuses to start over without --resume, and `--resume` finishes the very files of an uninterrupted run."""
+    out, record = tmp_path / "cut", (cache / "shard_000.bin").stat().st_size // 48
+    procs = _cache_ranks(setup / "cfg.yaml", out, env={"RAD_FAILPOINT": "teacher-cache-records-written:4"})
+
+    def stopped_inside_the_append(w):  # 6 records written, 4 ids: the hook stopped the writer there
+        bin_path, ids_path = out / f"shard_{w:03d}.bin", out / f"shard_{w:03d}.ids"
+        return (ids_path.is_file() and ids_path.stat().st_size == 4 * 8
+                and bin_path.stat().st_size == 6 * record)
+
+    t0 = time.monotonic()
+    try:
+        while not all(stopped_inside_the_append(w) for w in range(2)):
+            assert all(p.poll() is None for p in procs), [p.stderr.read()[-2000:] for p in procs]
+            assert time.monotonic() - t0 < 300, "timed out waiting for both writers to stop inside an append"
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert not (out / "manifest.json").exists() and (out / "partial.json").is_file()
+
+    again = rad("teacher-cache", "--config", str(setup / "cfg.yaml"), "--out", str(out), "--replicas", "2")
+    errors = [ln for ln in again.stderr.splitlines() if ": error: " in ln]
+    assert again.returncode == 2 and len(errors) == 1, again.stderr[-3000:]
+    assert errors[0].startswith(f"rad teacher-cache: error: --out {out} already holds a teacher cache; pass --resume")
+    procs = _cache_ranks(setup / "cfg.yaml", out, "--resume")
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
+    names = sorted(p.name for p in cache.iterdir())
+    assert names == sorted(p.name for p in out.iterdir())
+    for name in names:
+        assert (out / name).read_bytes() == (cache / name).read_bytes(), name

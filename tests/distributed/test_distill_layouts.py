@@ -125,20 +125,26 @@ def test_bf16_tracks_fp32_with_fp32_main_params(runs):
 
 def test_resume_at_another_layout_continues_the_run(runs):
     """Checkpoints of step 2 resumed at TP 2 (from TP 1), DP 1 (from DP 2, grad_accum doubled to keep the global
-    batch) and PP 1 (from PP 2) continue like the uninterrupted run; at the same layout, bit-exactly."""
+    batch), DP 2 (from DP 1, grad_accum halved) and PP 1 (from PP 2) continue like the uninterrupted run; at the same
+    layout, bit-exactly."""
     assert _strip(_metrics(runs, "same_layout")) == _strip(_metrics(runs, "ref"))
     _close(_metrics(runs, "ref"), _metrics(runs, "tp1_to_tp2"), 1e-5, steps={3, 4})
     _close(_metrics(runs, "dp2"), _metrics(runs, "dp2_to_dp1"), 1e-5, steps={3, 4})
-    # resumed at DP 1, the run reads the very global samples the DP 2 run read next: none repeated, none skipped
+    _close(_metrics(runs, "ref"), _metrics(runs, "dp1_to_dp2"), 1e-5, steps={3, 4})
+    # resumed at another DP size, the run reads the very global samples the interrupted run read next: none
+    # repeated, none skipped
     def samples(name):
         return {r["step"]: r["samples"] for r in _metrics(runs, name) if "samples" in r}
     assert samples("dp2_to_dp1") == samples("dp2") and {3, 4} <= set(samples("dp2"))
+    assert samples("dp1_to_dp2") == samples("ref") and {3, 4} <= set(samples("ref"))
     _close(_metrics(runs, "pp2"), _metrics(runs, "pp2_to_pp1"), 1e-5, steps={3, 4})
     # a stage that trains nothing (stub optimizer on global rank 0) saves and resumes too
     assert all(r["grad_norm"] > 1e-4 for r in _metrics(runs, "pp2_stub") if "loss" in r)
     _close(_metrics(runs, "pp2_stub"), _metrics(runs, "pp2_stub_to_pp1"), 1e-5, steps={3, 4})
     layout = json.loads((runs / "runs/tp1_to_tp2/checkpoints/step_000004/rad_meta.json").read_text())["train"]
     assert layout["layout"] == {"tp": 2, "pp": 1, "dp": 1}
+    layout = json.loads((runs / "runs/dp1_to_dp2/checkpoints/step_000004/rad_meta.json").read_text())["train"]
+    assert layout["layout"] == {"tp": 1, "pp": 1, "dp": 2}
 
 
 def _strip(rows):  # timing fields differ run to run

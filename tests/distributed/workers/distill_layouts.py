@@ -25,6 +25,7 @@ RUNS = [  # name, overrides, run resumed from (its step-CUT checkpoint)
     ("same_layout", ["distill.roles.teacher_ranks=2"], "ref"),
     ("tp1_to_tp2", ["distill.roles.student_tp=2"], "ref"),
     ("dp2_to_dp1", ["distill.roles.teacher_ranks=2"], "dp2"),
+    ("dp1_to_dp2", ["distill.train.grad_accum=1"], "ref"),  # DP 2 (grad_accum halved: the same global batch)
     ("pp2_to_pp1", ["distill.roles.teacher_ranks=2"], "pp2"),
     # both Mamba layers on stage 1: stage 0 (global rank 0, which writes the checkpoint's unsharded state) trains
     # nothing and holds Megatron's stub optimizer
