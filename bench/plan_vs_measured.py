@@ -87,7 +87,7 @@ class PeakWindow:
 def worker(a):
     """One configuration on this rank: the pipeline with a measurement window around the 2nd student step /
     the teacher's 2nd training serve."""
-    from rad_megatron.commands.distill import _setup
+    from rad_megatron.commands.distill import prepare_run
     from rad_megatron.distill import optim, run, teacher
     from rad_megatron.pipeline import run_pipeline
 
@@ -127,8 +127,8 @@ def worker(a):
 
     optim.StageOptimizer.zero_grad, optim.StageOptimizer.step = measured_zero_grad, measured_step
     teacher.TeacherServer.serve, run.TrainData = measured_serve, counted_train_data
-    cfg, system, train_cfg, data_cfg = _setup(argparse.Namespace(config=a.config, overrides=a.overrides, out=a.out,
-                                                                 resume=False, force=False))
+    cfg, system, train_cfg, data_cfg = prepare_run(argparse.Namespace(config=a.config, overrides=a.overrides,
+                                                                      out=a.out, resume=False, force=False))
     run_pipeline(cfg, system, train_cfg, data_cfg)
     import torch.distributed as dist
 

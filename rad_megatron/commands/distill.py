@@ -19,8 +19,10 @@ def add_parsers(sub):
         p.set_defaults(run=f"rad_megatron.commands.distill:{name}")
 
 
-def _setup(args):
-    """Every check before anything is written; then --force moves an earlier run aside."""
+def prepare_run(args):
+    """Every check of a distillation run before anything is written; then --force moves an earlier run aside.
+    Returns (run config, resolved system, train config, data config): what `rad distill`, `rad pipeline` and
+    bench/plan_vs_measured.py start from."""
     from rad_megatron.distill.system import resolve_system
     from rad_megatron.run_folder import check_run_folder, move_aside
     from rad_megatron.settings import build_data_config, build_roles, build_train_config, load_run_config
@@ -46,7 +48,7 @@ def distill(args) -> int:
     from rad_megatron.distill.run import run_distill
     from rad_megatron.sources import load_source, new_layers_of, prepare_sources
 
-    cfg, system, train_cfg, data_cfg = _setup(args)
+    cfg, system, train_cfg, data_cfg = prepare_run(args)
     prepare_sources(cfg.model, *([] if cfg.distill.teacher.cache else [cfg.distill.teacher]))
     role = init_roles(system.layout, seed=train_cfg.seed)
     if role.is_student:
@@ -64,5 +66,5 @@ def distill(args) -> int:
 def pipeline(args) -> int:
     from rad_megatron.pipeline import run_pipeline
 
-    cfg, system, train_cfg, data_cfg = _setup(args)
+    cfg, system, train_cfg, data_cfg = prepare_run(args)
     return run_pipeline(cfg, system, train_cfg, data_cfg, resume=args.resume, stop_after=args.stop_after)

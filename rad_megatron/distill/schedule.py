@@ -43,3 +43,12 @@ def take(data, rows, device, keys=None) -> dict:
         b = data.batch(rows)
         return {k: v.to(device, non_blocking=True) for k, v in b.items() if keys is None or k in keys}
     return {k: data[k][rows].to(device, non_blocking=True) for k in (keys or data) if k in data}
+
+
+def eval_rows(i: int, size: int) -> slice:
+    """Held-out batch i: rows [i * size, (i + 1) * size) (the last batch may be shorter)."""
+    return slice(i * size, (i + 1) * size)
+
+
+def num_eval_batches(held, size) -> int:
+    return -(-held["input_ids"].shape[0] // size) if held is not None and held["input_ids"].shape[0] else 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rad_megatron.distill.schedule import events, replica_slice, take
+from rad_megatron.distill.schedule import eval_rows, events, num_eval_batches, replica_slice, take
 from rad_megatron.distill.peers import meet_before_save
 from rad_megatron.distill.step import stage_forward
 from rad_megatron.distill.stream import EVAL_MICRO, TeacherSender, targets_from_logits, teacher_targets
@@ -25,14 +25,6 @@ def save_steps(cfg, stop_after: int | None) -> set[int]:
     if cfg.save_every:
         steps |= set(range(cfg.save_every, cfg.total_steps + 1, cfg.save_every))
     return steps
-
-
-def eval_rows(i: int, size: int) -> slice:
-    return slice(i * size, (i + 1) * size)
-
-
-def num_eval_batches(held, size) -> int:
-    return -(-held["input_ids"].shape[0] // size) if held is not None and held["input_ids"].shape[0] else 0
 
 
 def sampler_position(sampler, consumed: int):

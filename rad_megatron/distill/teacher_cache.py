@@ -30,6 +30,7 @@ import torch.distributed as dist
 from rad_megatron.distill.cache_store import (FORMAT, MANIFEST, PARTIAL, VALUE_DTYPES, ShardWriter,
                                               committed_records, index_dtype_for, manifest_dtype, shard_paths,
                                               to_records, write_eval_file)
+from rad_megatron.distill.schedule import eval_rows, num_eval_batches
 from rad_megatron.distill.stream import StreamConfig, teacher_token_targets
 from rad_megatron.errors import RadError
 from rad_megatron.probe.report import write_json_atomic
@@ -98,10 +99,7 @@ def _eval_targets(model, batches: list[dict], stream: StreamConfig, device) -> l
 
 def held_out_batches(held: dict | None, size: int) -> list[dict]:
     """The trainer's held-out batches: rows [i * size, (i + 1) * size) of the held-out set."""
-    if held is None:
-        return []
-    n = held["input_ids"].shape[0]
-    return [{k: v[i:i + size] for k, v in held.items()} for i in range(0, n, size)]
+    return [{k: v[eval_rows(i, size)] for k, v in held.items()} for i in range(num_eval_batches(held, size))]
 
 
 @torch.no_grad()

@@ -21,11 +21,11 @@ import torch
 from rad_megatron.distill.guard import NonFiniteGuard, nonfinite_quantity
 from rad_megatron.distill.losses import LossWeights
 from rad_megatron.distill.optim import OptimConfig, StageOptimizer
-from rad_megatron.distill.schedule import events, replica_slice, take
+from rad_megatron.distill.schedule import eval_rows, events, num_eval_batches, replica_slice, take
 from rad_megatron.distill.step import StudentStep, carry_grad_into_recompute, mean_terms
 from rad_megatron.distill.stream import EVAL_MICRO, StreamConfig, StudentReceiver
 from rad_megatron.distill.targeting import Stage, apply_targeting
-from rad_megatron.distill.teacher import eval_rows, num_eval_batches, save_steps
+from rad_megatron.distill.teacher import save_steps
 from rad_megatron.errors import RadError, RunStopped
 from rad_megatron.validation import resume_view, rules
 

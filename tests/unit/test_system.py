@@ -31,10 +31,10 @@ def test_every_system_field_changes_what_the_trainer_builds():
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_experiment_configs_reach_the_trainer(path, tmp_path):
     """`rad distill`'s own setup of each experiment config: what each side builds is what the config says."""
-    from rad_megatron.commands.distill import _setup
+    from rad_megatron.commands.distill import prepare_run
 
     args = argparse.Namespace(config=str(path), overrides=[], out=str(tmp_path / "run"), resume=False, force=False)
-    cfg, system, _, _ = _setup(args)
+    cfg, system, _, _ = prepare_run(args)
     s = cfg.system
     assert system.student.dtype == system.teacher.dtype == DTYPES[s.precision]
     assert system.mixed_precision == (s.precision == "bf16")
