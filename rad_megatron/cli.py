@@ -104,10 +104,24 @@ def main(argv=None) -> int:
     try:
         import importlib
 
-        return int(getattr(importlib.import_module(module), func)(args) or 0)
+        status = int(getattr(importlib.import_module(module), func)(args) or 0)
+        _release_process_group()
+        return status
     except RadError as e:
         _end_progress_bars()
         # one write per line: ranks of a torchrun job share stderr, and print() writes the newline separately
         sys.stderr.write(f"rad {args.command}: error: {e}\n")
         sys.stderr.flush()
         return e.exit_status
+
+
+def _release_process_group() -> None:
+    """After a command that finished: leave the process group in order (gloo's threads joined) instead of letting
+    interpreter exit tear it down, which aborted a rank now and then ("terminate called without an active
+    exception"). Only on success: after an error a peer may be gone, and the exit status is what matters then."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from rad_megatron.distributed import destroy_distributed
+
+        destroy_distributed()
