@@ -26,19 +26,27 @@ COMPARABLE = ("model", "probe", "data", "train")  # settings every run of one fo
 def _check_folder(out: Path, cfg, force: bool) -> None:
     marker = out / "study.json"
     mine = {k: v for k, v in cfg.to_dict().items() if k in COMPARABLE}
-    if marker.is_file() and json.loads(marker.read_text()).get("comparable") != mine:
+    if marker.is_file() and _differs(json.loads(marker.read_text()).get("comparable"), mine):
         old = json.loads(marker.read_text()).get("comparable", {})
         if not force:
-            diff = sorted(k for k in COMPARABLE if old.get(k) != mine.get(k))
+            diff = sorted(k for k in COMPARABLE if _differs(old.get(k), mine.get(k)))
             raise RadError(f"study folder '{out}' holds runs made with other {', '.join(diff)} settings; choose "
                            f"another out=... or pass --force to delete them and start over")
-        _clear(out, keep_probe=all(old.get(k) == mine.get(k) for k in ("model", "probe")))
+        _clear(out, keep_probe=not any(_differs(old.get(k), mine.get(k)) for k in ("model", "probe")))
     elif not marker.is_file() and out.exists() and any(out.iterdir()) and not force:
         raise RadError(f"'{out}' is not empty and holds no study; choose another out=... or pass --force")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".study.json.tmp"
     tmp.write_text(json.dumps({"comparable": mine, "config": cfg.to_dict()}, indent=2))
     os.replace(tmp, marker)
+
+
+def _differs(old, new) -> bool:
+    """Settings differ; a field added to the config since the folder was made (absent there) counts as the same
+    while it holds None, its "not used" value."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return any(_differs(old.get(k), new.get(k)) for k in old.keys() | new.keys())
+    return old != new
 
 
 def _clear(out: Path, keep_probe: bool) -> None:
@@ -99,11 +107,10 @@ def _teacher(cfg, base, tok, source, out: Path, timings: Timings, log, compute: 
     train, held = build_data(tok, cfg.data)
     t = cfg.train
     orders = {seed: data_order(train["input_ids"].shape[0], seed, t.steps, t.micro_batch_size) for seed in cfg.seeds}
+    if not compute:  # --max-runs 0 reports the finished runs: no teacher targets needed (nor computed)
+        return train, held, orders, None
     cache_file = out / "teacher_cache"  # a folder (distill.cache_store), complete once its manifest is written
     fresh = not (cache_file / "manifest.json").is_file()
-    if fresh and not compute:
-        raise RadError(f"{cache_file} is missing: no run has started yet, so there is no report to write "
-                       f"(--max-runs 0 never computes it; run without it)")
     cache = teacher_cache(base, train, held, [r for o in orders.values() for r in o], t.top_k, t.eval_batch_size,
                           cache_file, source, log)
     if fresh:

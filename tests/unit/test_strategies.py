@@ -112,6 +112,27 @@ def test_study_folder_refuses_other_settings_and_force_keeps_the_probe(tmp_path)
     assert not (out / "probe_search_k8.json").exists()
 
 
+def test_study_folder_from_before_a_new_config_field_continues(tmp_path):
+    """A folder whose marker predates a field (e.g. model.cache, added with the teacher cache) continues while the
+    field holds None; a value there is another setting."""
+    import json
+
+    from rad_megatron.study.config import StudyConfig
+    from rad_megatron.study.run import _check_folder
+
+    out = tmp_path / "study"
+    cfg = StudyConfig(out=str(out))
+    _check_folder(out, cfg, force=False)
+    marker = json.loads((out / "study.json").read_text())
+    del marker["comparable"]["model"]["cache"]
+    (out / "study.json").write_text(json.dumps(marker))
+    _check_folder(out, cfg, force=False)
+    (out / "study.json").write_text(json.dumps(marker))
+    cfg.model.cache = "elsewhere"
+    with pytest.raises(RadError, match="other model settings"):
+        _check_folder(out, cfg, force=False)
+
+
 def test_init_lr_replaces_lr_per_init_and_bad_entries_are_refused(tmp_path):
     from rad_megatron.study.config import load_study_config
 
