@@ -11,6 +11,7 @@ from rad_megatron.checkpoint.hf_import import model_from_hf
 from rad_megatron.checkpoint.hf_source import HFSource
 from rad_megatron.distill.roles import RoleLayout, init_roles
 from rad_megatron.distill.stream import StreamConfig, StudentReceiver, TeacherSender, teacher_targets
+from rad_megatron.distributed import destroy_distributed
 
 if __name__ == "__main__":
     out, hf = Path(sys.argv[1]), Path(sys.argv[2])
@@ -41,3 +42,4 @@ if __name__ == "__main__":
             sender.flush()
     if role.is_main:
         out.write_text(json.dumps(result))
+    destroy_distributed()

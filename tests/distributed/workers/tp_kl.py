@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rad_megatron.distill.losses import LossWeights, distill_loss
-from rad_megatron.distributed import ParallelConfig, init_distributed
+from rad_megatron.distributed import ParallelConfig, destroy_distributed, init_distributed
 
 if __name__ == "__main__":
     ctx = init_distributed(ParallelConfig(tp=2))
@@ -36,3 +36,4 @@ if __name__ == "__main__":
     if ctx.is_main:
         with open(sys.argv[1], "w") as f:
             json.dump(out, f)
+    destroy_distributed()
