@@ -104,9 +104,7 @@ def main(argv=None) -> int:
     try:
         import importlib
 
-        status = int(getattr(importlib.import_module(module), func)(args) or 0)
-        _release_process_group()
-        return status
+        return int(getattr(importlib.import_module(module), func)(args) or 0)
     except RadError as e:
         _end_progress_bars()
         # one write per line: ranks of a torchrun job share stderr, and print() writes the newline separately
@@ -115,13 +113,17 @@ def main(argv=None) -> int:
         return e.exit_status
 
 
-def _release_process_group() -> None:
-    """After a command that finished: leave the process group in order (gloo's threads joined) instead of letting
-    interpreter exit tear it down, which aborted a rank now and then ("terminate called without an active
-    exception"). Only on success: after an error a peer may be gone, and the exit status is what matters then."""
+def entry(argv=None) -> int:
+    """The process entry point (`rad`, `python -m rad_megatron`): main, then, after a command that finished, leave
+    the process group in order (gloo's threads joined) instead of letting interpreter exit tear it down, which aborted
+    a rank now and then ("terminate called without an active exception"). Not in `main`: callers that run several
+    commands in one process (tests, workers) keep their group. Not after an error: a peer may be gone, and the exit
+    status is what matters then."""
+    status = main(argv)
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if status == 0 and dist.is_available() and dist.is_initialized():
         from rad_megatron.distributed import destroy_distributed
 
         destroy_distributed()
+    return status
