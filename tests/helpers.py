@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,56 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class RankJob:
+    """Ranks of one `rad` command started directly with torchrun's environment variables, each in a session of its
+    own (a kill takes the rank's helper processes too, e.g. Megatron's checkpoint writer, as a node failure or the
+    cluster's cleanup would), stderr in `<log_prefix>.rank<r>.<ms>.err`."""
+
+    def __init__(self, argv: list[str], log_prefix: Path, nproc: int = 2, env=None, rank_env=None, wrap=()):
+        port, self.t_start = free_port(), time.monotonic()
+        self.logs = [Path(f"{log_prefix}.rank{r}.{int(time.time() * 1000)}.err") for r in range(nproc)]
+        self.procs = []
+        for r in range(nproc):
+            rank_vars = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(r),
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+                         "PYTHONWARNINGS": "ignore", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                         **(env or {}), **((rank_env or {}).get(r, {}))}
+            with open(self.logs[r], "w") as log:
+                self.procs.append(subprocess.Popen([*wrap, sys.executable, "-m", "rad_megatron", *map(str, argv)],
+                                                   env=rank_vars, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+                                                   start_new_session=True))
+
+    def wait(self, rank: int, timeout: float) -> tuple[int, float]:
+        """(exit status, seconds since now) of `rank`."""
+        t0 = time.monotonic()
+        rc = self.procs[rank].wait(timeout=timeout)
+        return rc, time.monotonic() - t0
+
+    def errors(self, rank: int) -> list[str]:
+        return [ln for ln in self.logs[rank].read_text().splitlines() if ": error: " in ln]
+
+    def kill(self, rank: int):
+        """SIGKILL the rank and whatever it started."""
+        try:
+            os.killpg(self.procs[rank].pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def kill_all(self):
+        for rank, p in enumerate(self.procs):
+            self.kill(rank)
+            p.wait()
+
+
+def wait_until(predicate, timeout: float, job: RankJob | None = None, what: str = ""):
+    """Poll `predicate`; fail if a rank of `job` exits first (with its stderr) or after `timeout` seconds."""
+    t0 = time.monotonic()
+    while not predicate():
+        if job is not None and any(p.poll() is not None for p in job.procs):
+            raise AssertionError(f"a rank exited while waiting for {what}: " + " | ".join(
+                log.read_text()[-1500:] for log in job.logs))
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)

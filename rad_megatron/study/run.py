@@ -26,14 +26,14 @@ COMPARABLE = ("model", "probe", "data", "train")  # settings every run of one fo
 def _check_folder(out: Path, cfg, force: bool) -> None:
     marker = out / "study.json"
     mine = {k: v for k, v in cfg.to_dict().items() if k in COMPARABLE}
-    if marker.is_file() and _differs(json.loads(marker.read_text()).get("comparable"), mine):
-        old = json.loads(marker.read_text()).get("comparable", {})
+    old = json.loads(marker.read_text()).get("comparable", {}) if marker.is_file() else None
+    if old is not None and _differs(old, mine):
         if not force:
             diff = sorted(k for k in COMPARABLE if _differs(old.get(k), mine.get(k)))
             raise RadError(f"study folder '{out}' holds runs made with other {', '.join(diff)} settings; choose "
                            f"another out=... or pass --force to delete them and start over")
         _clear(out, keep_probe=not any(_differs(old.get(k), mine.get(k)) for k in ("model", "probe")))
-    elif not marker.is_file() and out.exists() and any(out.iterdir()) and not force:
+    elif old is None and out.exists() and any(out.iterdir()) and not force:
         raise RadError(f"'{out}' is not empty and holds no study; choose another out=... or pass --force")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".study.json.tmp"

@@ -2,17 +2,11 @@
 one, targeting freezes what it should, kill-and-resume is bit-exact, and bad input fails in one line."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, distill_inputs, free_port, rad, tiny_hf_llama, torchrun
+from tests.helpers import ROOT, RankJob, distill_inputs, rad, tiny_hf_llama, torchrun, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -207,50 +201,32 @@ def test_run_from_teacher_cache_equals_live_teacher(setup, full, cache, tmp_path
     assert proc.returncode == 2 and not any(p.is_file() for p in (tmp_path / "bad").rglob("*"))
 
 
-def _cache_ranks(cfg: Path, out: Path, *args: str, env=None) -> list[subprocess.Popen]:
-    """`rad teacher-cache --replicas 2` as two ranks started with torchrun's variables, each in a session of its own
-    (a kill takes the rank and whatever it started, as a node failure would)."""
-    port, procs = free_port(), []
-    for r in range(2):
-        rank_env = {**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-        procs.append(subprocess.Popen([sys.executable, "-m", "rad_megatron", "teacher-cache", "--config", str(cfg),
-                                       "--out", str(out), "--replicas", "2", *args], env=rank_env, cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True))
-    return procs
-
-
 def test_killed_teacher_cache_resumes_to_the_same_files(setup, cache, tmp_path):
     """Both writers SIGKILLed in the middle of their third micro-batch (its records written, their ids not): the
     command refuses to start over without --resume, and `--resume` finishes the very files of an uninterrupted run."""
-    out, record = tmp_path / "cut", (cache / "shard_000.bin").stat().st_size // 48
-    procs = _cache_ranks(setup / "cfg.yaml", out, env={"RAD_FAILPOINT": "teacher-cache-records-written:4"})
+    shards = json.loads((cache / "manifest.json").read_text())["shards"]
+    out, record = tmp_path / "cut", (cache / "shard_000.bin").stat().st_size // shards[0]["records"]
+    argv = ["teacher-cache", "--config", setup / "cfg.yaml", "--out", out, "--replicas", "2"]
+    job = RankJob(argv, tmp_path / "cut", env={"RAD_FAILPOINT": "teacher-cache-records-written:4"})
 
     def stopped_inside_the_append(w):  # 6 records written, 4 ids: the hook stopped the writer there
         bin_path, ids_path = out / f"shard_{w:03d}.bin", out / f"shard_{w:03d}.ids"
-        return (ids_path.is_file() and ids_path.stat().st_size == 4 * 8
-                and bin_path.stat().st_size == 6 * record)
+        return ids_path.is_file() and ids_path.stat().st_size == 4 * 8 and bin_path.stat().st_size == 6 * record
 
-    t0 = time.monotonic()
     try:
-        while not all(stopped_inside_the_append(w) for w in range(2)):
-            assert all(p.poll() is None for p in procs), [p.stderr.read()[-2000:] for p in procs]
-            assert time.monotonic() - t0 < 300, "timed out waiting for both writers to stop inside an append"
-            time.sleep(0.05)
+        wait_until(lambda: all(stopped_inside_the_append(w) for w in range(2)), 300, job,
+                   "both writers to stop inside an append")
     finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+        job.kill_all()
     assert not (out / "manifest.json").exists() and (out / "partial.json").is_file()
 
-    again = rad("teacher-cache", "--config", str(setup / "cfg.yaml"), "--out", str(out), "--replicas", "2")
+    again = rad(*map(str, argv))
     errors = [ln for ln in again.stderr.splitlines() if ": error: " in ln]
     assert again.returncode == 2 and len(errors) == 1, again.stderr[-3000:]
     assert errors[0].startswith(f"rad teacher-cache: error: --out {out} already holds a teacher cache; pass --resume")
-    procs = _cache_ranks(setup / "cfg.yaml", out, "--resume")
-    for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
+    job = RankJob([*argv, "--resume"], tmp_path / "resume")
+    for r in range(2):
+        assert job.wait(r, 300)[0] == 0, job.logs[r].read_text()[-3000:]
     names = sorted(p.name for p in cache.iterdir())
     assert names == sorted(p.name for p in out.iterdir())
     for name in names:

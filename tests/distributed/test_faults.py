@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import ROOT, free_port, tiny_hf_llama
+from tests.helpers import ROOT, RankJob, tiny_hf_llama, wait_until as _until
 
 STEPS, SAVE_EVERY, TIMEOUT_S = 12, 4, 10
 # the stream deadline of every job but the frozen-teacher one: a loaded machine must not look like a lost peer
@@ -79,56 +77,9 @@ def reference(setup, tmp_path_factory):
     return out
 
 
-class Job:
+def Job(cfg: Path, out: Path, *args: str, rank_env=None, wrap=()) -> RankJob:
     """Two ranks of `rad distill`, started directly with torchrun's environment variables."""
-
-    def __init__(self, cfg: Path, out: Path, *args: str, rank_env=None, wrap=()):
-        port, self.out, self.t_start = free_port(), Path(out), time.monotonic()
-        self.logs = [Path(f"{out}.rank{r}.{int(time.time() * 1000)}.err") for r in range(2)]
-        self.procs = []
-        for r in range(2):
-            env = {**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1",
-                   "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-                   "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                   **((rank_env or {}).get(r, {}))}
-            cmd = [*wrap, sys.executable, "-m", "rad_megatron", "distill", "--config", str(cfg), "--out", str(out),
-                   *args]
-            # a session of its own: a kill takes the rank's helper processes too (Megatron's checkpoint writer), as
-            # a node failure or the cluster's cleanup would, instead of leaving them behind
-            self.procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                               stderr=open(self.logs[r], "w"), start_new_session=True))
-
-    def wait(self, rank: int, timeout: float) -> tuple[int, float]:
-        """(exit status, seconds since now) of `rank`."""
-        t0 = time.monotonic()
-        rc = self.procs[rank].wait(timeout=timeout)
-        return rc, time.monotonic() - t0
-
-    def errors(self, rank: int) -> list[str]:
-        return [ln for ln in self.logs[rank].read_text().splitlines() if ": error: " in ln]
-
-    def kill(self, rank: int):
-        """SIGKILL the rank and whatever it started."""
-        try:
-            os.killpg(self.procs[rank].pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def kill_all(self):
-        for rank, p in enumerate(self.procs):
-            self.kill(rank)
-            p.wait()
-
-
-def _until(predicate, timeout: float, job: Job | None = None, what: str = ""):
-    t0 = time.monotonic()
-    while not predicate():
-        if job is not None and any(p.poll() is not None for p in job.procs):
-            raise AssertionError(f"a rank exited while waiting for {what}: " + " | ".join(
-                log.read_text()[-1500:] for log in job.logs))
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+    return RankJob(["distill", "--config", str(cfg), "--out", str(out), *args], out, rank_env=rank_env, wrap=wrap)
 
 
 def _latest(out: Path) -> str:
@@ -156,7 +107,7 @@ def _stopped(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0] == "T"
 
 
-def _fault(job: Job, name: str, survivor: int, t_fault: float, kept: Path, before: dict, results: dict,
+def _fault(job: RankJob, name: str, survivor: int, t_fault: float, kept: Path, before: dict, results: dict,
            reap: bool = True):
     """Assert the survivor's exit status, time, one error line; the kept checkpoint bit-identical."""
     _, _, pattern, status, bound = FAULT[name]
