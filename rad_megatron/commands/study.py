@@ -17,6 +17,10 @@ def add_parser(sub):
                    help="train at most N runs now, then write the report (0: only rewrite the report from the "
                         "finished runs, also while another process trains into the same folder)")
     p.add_argument("--force", action="store_true", help="delete a study folder made with other settings")
+    p.add_argument("--restore", default=None, metavar="REPORT",
+                   help="first seed the folder from a published report made with the same config (its path without "
+                        "the suffix, e.g. docs/results/convergence_v2): its runs count as finished, its probe evidence "
+                        "is reused")
     p.set_defaults(run="rad_megatron.commands.study:run")
 
 
@@ -33,5 +37,5 @@ def run(args) -> int:
     words = ["rad", "study", "--config", args.config] + (["--quick"] if args.quick else []) + \
         (["--out", args.out] if args.out else []) + list(args.overrides)
     run_study(cfg, shlex.join(words), force=args.force, max_runs=args.max_runs,
-              log=lambda msg: print(msg, flush=True))
+              log=lambda msg: print(msg, flush=True), restore=args.restore)
     return 0

@@ -145,6 +145,9 @@ class StudyConfig:
     """Bootstrap resamples (over seeds and held-out examples) behind every interval in the report."""
     notes: list[str] = field(default_factory=list)
     """Lines for the report's `Limits` section (what this study does not measure, and why)."""
+    discussion: str = ""
+    """A hand-written reading of the report (a file name beside it in report_dir), linked under the verdict; empty:
+    no link."""
 
     def __post_init__(self):  # what one field's rules cannot say (rad_megatron.validation checks the rest)
         from rad_megatron.swap import INITS

@@ -59,12 +59,14 @@ def comparisons(curves: dict, strategies: list[str], resamples: int) -> dict[tup
 
 
 def conclusion_lines(cells: dict[tuple, list]) -> list[str]:
-    """One plain sentence per (k, init), then the totals."""
-    lines, totals = [], {"win": 0, "tie": 0, "loss": 0}
+    """One plain sentence per (k, init), then the totals, overall and per baseline."""
+    lines, totals, per_baseline = [], {"win": 0, "tie": 0, "loss": 0}, {}
     for (k, init), comps in sorted(cells.items()):
         by = {v: [c.baseline for c in comps if c.verdict == v] for v in totals}
         for v in totals:
             totals[v] += len(by[v])
+        for c in comps:
+            per_baseline.setdefault(c.baseline, {"win": 0, "tie": 0, "loss": 0})[c.verdict] += 1
         parts = [f"faster than {', '.join(by['win'])}" if by["win"] else "",
                  f"level with {', '.join(by['tie'])}" if by["tie"] else "",
                  f"slower than {', '.join(by['loss'])}" if by["loss"] else ""]
@@ -73,7 +75,10 @@ def conclusion_lines(cells: dict[tuple, list]) -> list[str]:
     if n:
         lines += ["", f"Over all {n} (k, init, baseline) comparisons: RAD faster in {totals['win']}, level in "
                   f"{totals['tie']}, slower in {totals['loss']} (\"faster\" = the 95% interval of tokens(baseline) / "
-                  "tokens(rad) lies above 1, \"slower\" = below 1, \"level\" = it contains 1)."]
+                  "tokens(rad) lies above 1, \"slower\" = below 1, \"level\" = it contains 1).",
+                  "", "Per baseline, over the (k, init) cells: " + "; ".join(
+                      f"{b} {t['win']} faster / {t['tie']} level / {t['loss']} slower"
+                      for b, t in per_baseline.items()) + "."]
     return lines
 
 
@@ -104,7 +109,7 @@ def _setup_lines(cfg, plan: dict, n_done: int, held: int) -> list[str]:
         f"* held-out KL / perplexity: every {t.eval_every * per_step} tokens (and at 0) on {held} held-out "
         f"examples (answer tokens). This spacing is the resolution of every token count below; between evaluations "
         f"the curves are linear, so ratios are interpolated, not capped by the spacing.",
-        f"* peak LR per (strategy, init): " + (f"the lowest training loss over the last quarter of the steps among "
+        "* peak LR per (strategy, init): " + (f"the lowest training loss over the last quarter of the steps among "
                                                  f"{t.lr_sweep} at k={cfg.sweep_k}, seed {cfg.seeds[0]} (table below)"
                                                  if t.lr_sweep else
                                                  ", ".join(f"{i} {t.lr_for(i)}" for i in cfg.inits)),
@@ -113,7 +118,8 @@ def _setup_lines(cfg, plan: dict, n_done: int, held: int) -> list[str]:
 
 
 def write_report(out: Path, cfg, command: str, plan: dict, probe: dict, sources: list[str], rows: list[dict],
-                 acc: dict, seconds: dict, span: tuple[float, float] | None = None) -> Path:
+                 acc: dict, seconds: dict, span: tuple[float, float] | None = None,
+                 restored: list[str] = ()) -> Path:
     """Every report file in `out` (and `cfg.report_dir`); returns the markdown path."""
     name, B = cfg.report_name, cfg.bootstrap
     write_jsonl(out / f"{name}.jsonl", rows)
@@ -126,12 +132,14 @@ def write_report(out: Path, cfg, command: str, plan: dict, probe: dict, sources:
     lines = [
         "# Convergence v2: does RAD's layer choice beat the cheap heuristics?", "",
         "```bash", command, "```", "",
-        *_runtime_lines(seconds, span), *_setup_lines(cfg, plan, plan["grid_done"], held),
+        *_runtime_lines(seconds, span), *restored, *_setup_lines(cfg, plan, plan["grid_done"], held),
         f"* probe evidence: `{name}_probe.json` (from {', '.join(f'`{s}`' for s in sources) or 'none'})", "",
         "## Verdict", "",
         "RAD's set against each baseline: tokens(baseline) / tokens(rad) to reach the baseline's final held-out KL.",
         "",
         *(conclusion_lines(cells) or ["No (k, init) has finished rad and baseline runs yet."]), "",
+        *([f"A reading of these numbers, written for this report: [{cfg.discussion}]({cfg.discussion}).", ""]
+          if cfg.discussion else []),
         "## RAD against each baseline", "",
         "Target = the baseline's final held-out KL (seed-mean). Tokens to target = the training tokens from which a "
         "curve stays at or below it (0: it never rises above it; n/r: it ends above it). Ratio = tokens(baseline) / "

@@ -126,6 +126,12 @@ def _accuracy(cfg, base, tok, questions: list[dict], out: Path, plan: list[RunSp
 
     a = cfg.accuracy
     wanted = [s for s in plan if a.runs is None or any(fnmatch.fnmatch(s.name, p) for p in a.runs)]
+    weightless = [s.name for s in wanted if is_done(out / "runs" / s.name)
+                  and "restored_from" in json.loads((out / "runs" / s.name / "done.json").read_text())]
+    if weightless:
+        raise RadError(f"run {weightless[0]} (and {len(weightless) - 1} more) was restored without trained weights, so "
+                       f"its GSM8K accuracy cannot be measured; set accuracy.runs to exclude restored runs or "
+                       f"accuracy.limit=0")
     models = [("teacher", lambda: base)] + [
         (spec.name, lambda f=out / "runs" / spec.name: load_student(base, f))
         for spec in wanted if is_done(out / "runs" / spec.name)]
@@ -151,6 +157,7 @@ def _train_all(specs: list[RunSpec], where: Path, ctx: dict, budget: list[int], 
     for spec in specs:
         folder = where / spec.name
         if is_done(folder):
+            _check_same_layers(folder, spec)
             continue
         if budget[0] is not None and budget[0] <= 0:
             return False
@@ -161,6 +168,15 @@ def _train_all(specs: list[RunSpec], where: Path, ctx: dict, budget: list[int], 
         if budget[0] is not None:
             budget[0] -= 1
     return True
+
+
+def _check_same_layers(folder: Path, spec: RunSpec) -> None:
+    """A finished run stands for its spec only if it replaced the layers the evidence picks now (a restored run, or
+    a folder whose probe files were edited, may not)."""
+    had = json.loads((folder / "done.json").read_text()).get("layers")
+    if had is not None and list(had) != list(spec.layers):
+        raise RadError(f"finished run {folder} replaced layers {had}, but the probe evidence now picks "
+                       f"{list(spec.layers)} for {spec.strategy} k={spec.k}; pass --force to start the study over")
 
 
 class Progress:
@@ -196,21 +212,29 @@ def _plan_line(cfg, grid: int, sweep: int, heldout: int) -> str:
             f"{t.eval_every * t.micro_batch_size * cfg.data.seq_len} tokens)")
 
 
-def run_study(cfg, command: str, force: bool = False, max_runs: int | None = None, log=print) -> Path:
-    """Run (or continue) the study into cfg.out; returns the report's path."""
+def run_study(cfg, command: str, force: bool = False, max_runs: int | None = None, log=print,
+              restore: str | None = None) -> Path:
+    """Run (or continue) the study into cfg.out, first seeded from the report at `restore` (study.restore) if given;
+    returns the report's path."""
     from rad_megatron.distributed import ParallelConfig, init_distributed
     from rad_megatron.study.accuracy import read_questions
     from rad_megatron.study.plan import choose_lrs, grid_specs, planned_count, sweep_specs
     from rad_megatron.study.report import read_jsonl, write_report
+    from rad_megatron.study.restore import read_report, restore_study, restored_lines
 
     # inputs first: a wrong path should fail before --force clears a folder and an hour of training, not after
     if not Path(cfg.data.path).is_file():
         raise RadError(f"config.data.path {cfg.data.path} does not exist; point it at GSM8K train.jsonl")
     questions = read_questions(cfg.accuracy.path, cfg.accuracy.limit) if cfg.accuracy.limit > 0 else []
+    published = read_report(restore, cfg) if restore else None
     out = Path(cfg.out)
     _check_folder(out, cfg, force)
     dev = init_distributed(ParallelConfig(tp=1, seed=0)).device
     timings = Timings(out / "timings.json")
+    if published:
+        probe_seconds = restore_study(out, cfg, published, log)
+        if probe_seconds:
+            timings.add("probe", probe_seconds)
     # the model lives on the rank's device (the GPU where there is one); data and cached targets stay on the host and
     # travel per batch, so the cache file is the same on every machine
     base, tok, source = load_base(cfg.model, dev)
@@ -225,13 +249,15 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
     n_grid, n_sweep = planned_count(cfg)
     log(_plan_line(cfg, n_grid, n_sweep, held["input_ids"].shape[0]))
     sweep = sweep_specs(cfg, layers)
-    done_now = {h: len(list(d.glob("*/done.json"))) if d.is_dir() else 0 for h, d in ((True, runs), (False, sweep_dir))}
+    # the grid's runs are known once the sweep has chosen the LRs; until then all of them count as ahead
+    todo = {True: n_grid, False: sum(not is_done(sweep_dir / s.name) for s in sweep)}
     ctx = {"base": base, "cfg": cfg, "train": train, "held": held, "orders": orders, "cache": cache,
-           "progress": Progress({True: n_grid - done_now[True], False: n_sweep - done_now[False]}, log)}
+           "progress": Progress(todo, log)}
     budget = [max_runs]
     complete = _train_all(sweep, sweep_dir, ctx, budget, log, heldout=False)
     chosen = choose_lrs(cfg, sweep, sweep_dir)
     grid = grid_specs(cfg, layers, chosen)
+    ctx["progress"].todo[True] = sum(not is_done(runs / s.name) for s in grid)
     if not (_train_all(grid, runs, ctx, budget, log) and complete):
         log(f"stopping after {max_runs} runs (--max-runs); run the same command again to continue")
     finished = [s for s in grid if is_done(runs / s.name)]
@@ -242,16 +268,18 @@ def run_study(cfg, command: str, force: bool = False, max_runs: int | None = Non
             "sweep_done": len(swept), "grid_done": len(finished),
             "lr": [{"strategy": s, "init": i, **c} for (s, i), c in sorted(chosen.items())]}
     done = [runs / s.name / "done.json" for s in finished] + [sweep_dir / s.name / "done.json" for s in swept]
-    span = (min(f.stat().st_mtime for f in done), max(f.stat().st_mtime for f in done)) if done else None
+    ran = {f: json.loads(f.read_text())["seconds"] for f in done}
+    ran = {f: s for f, s in ran.items() if s is not None}  # restored runs were not computed here
+    span = (min(f.stat().st_mtime for f in ran), max(f.stat().st_mtime for f in ran)) if ran else None
 
     def report(acc: dict) -> Path:
         seconds = {**timings.data,
-                   "LR-sweep runs": sum(json.loads(f.read_text())["seconds"] for f in done[len(finished):]),
-                   "grid runs": sum(json.loads(f.read_text())["seconds"] for f in done[:len(finished)]),
+                   "LR-sweep runs": sum(ran.get(f, 0.0) for f in done[len(finished):]),
+                   "grid runs": sum(ran.get(f, 0.0) for f in done[:len(finished)]),
                    "accuracy": sum(r["seconds"] for r in acc.values())}
         md = write_report(out, cfg, command, plan, probe, sources, rows,
                           {k: {kk: v for kk, v in r.items() if kk != "samples"} for k, r in acc.items()}, seconds,
-                          span)
+                          span, restored_lines(out))
         log(f"wrote {md}{' and ' + cfg.report_dir if cfg.report_dir else ''} ({len(finished)} of {n_grid} grid "
             f"runs finished; GSM8K accuracy of {len(acc)} models)")
         return md

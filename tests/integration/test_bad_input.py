@@ -172,6 +172,12 @@ CASES = [
      "config.train.optim.eps=0: must be a number > 0"),
     ("study", "--max-runs -1", ["study", "--config", "{study}", "--max-runs", "-1", "--out", "{new}"],
      "--max-runs -1 must be >= 0"),
+    ("study", "--restore a report that is not there",
+     ["study", "--config", "{study}", "--restore", "{dir}/nowhere", "--out", "{new}"],
+     "--restore {dir}/nowhere: {dir}/nowhere.jsonl does not exist; give a report's path without the suffix"),
+    ("study", "--restore a report made with other settings",
+     ["study", "--config", "{study}", "--restore", "{dir}/report", "--out", "{new}"],
+     "run rad-k1-mil-s0-lr1e-03 has 1 training steps (the config has train.steps=40); it was made with other settings"),
 ]
 # (where, what is wrong, argv, the line's text, exit status): through the launcher with ranks, or launch/run.sh
 SUBPROCESS_CASES = [
@@ -211,6 +217,7 @@ def files(tmp_path_factory):
     (d / "not.gguf").write_text("this is a text file, not GGUF\n")
     (d / "probe_bad.json").write_text('{"per_layer": [')
     (d / "eval_out.json").write_text("{}")
+    (d / "report.jsonl").write_text('{"run": "rad-k1-mil-s0-lr1e-03", "kind": "train", "step": 1, "tokens": 64}\n')
     assert main(["convert", "--hf", str(d / "hf"), "--out", str(d / "ckpt")]) == 0
     assert main(["swap", "--hf", str(d / "hf_eps"), "--layers", "1", "--out", str(d / "ckpt_eps")]) == 0
     for name in ("ckpt_meta", "ckpt_shard", "ckpt_index"):

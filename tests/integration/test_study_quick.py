@@ -1,8 +1,9 @@
 """`rad study --quick` (configs/study_smollm2_v2.yaml) on the real SmolLM2-135M-Instruct, shrunk further: every
 artefact is produced and agrees with the raw metrics (the kept LR is the sweep's lowest training-loss tail, the
 layers are the probe evidence's, the end points and the ratio recomputed here from the JSONL equal the report's), an
-interrupted study continues without redoing finished runs, `--max-runs 0` rewrites the report without training, and
-a restart with other settings is refused."""
+interrupted study continues without redoing finished runs, `--max-runs 0` rewrites the report without training, a
+fresh folder restored from the published report gives the same report, and a restart with other settings is
+refused."""
 
 import json
 import re
@@ -79,6 +80,16 @@ def test_quick_study_artefacts_are_consistent(tmp_path):
 
     again = rad(*args, "--max-runs", "0", timeout=1800)
     assert again.returncode == 0 and "run (" not in again.stdout, again.stderr[-2000:]
+    # a fresh folder seeded from the published report reports the same runs without training any
+    copy = tmp_path / "restored"
+    restored = rad(*args[:5], str(copy), *TINY, "--restore", str(out / "convergence_v2"), "--max-runs", "0",
+                   timeout=1800)
+    assert restored.returncode == 0 and "run (" not in restored.stdout, restored.stderr[-2000:]
+    assert (copy / "convergence_v2.jsonl").read_bytes() == (out / "convergence_v2.jsonl").read_bytes()
+    same = ("* compute time", "* first run", "* restored from", "rad study --config")
+    body = [[ln for ln in (d / "convergence_v2.md").read_text().splitlines() if not ln.startswith(same)]
+            for d in (out, copy)]
+    assert body[0] == body[1] and "* restored from" in (copy / "convergence_v2.md").read_text()
     other = rad(*args[:-len(TINY)], *TINY[:-2], "data.max_examples=61", "bootstrap=50")
     assert other.returncode == 2
     assert "holds runs made with other data settings" in other.stderr, other.stderr[-2000:]

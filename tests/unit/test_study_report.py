@@ -115,6 +115,8 @@ def test_report_tables_and_files(tmp_path):
     text = md.read_text()
     assert "k=4, mil: RAD is faster than uniform; slower than random." in text
     assert "RAD faster in 1, level in 0, slower in 1" in text
+    assert "Per baseline, over the (k, init) cells: uniform 1 faster / 0 level / 0 slower; random 0 faster / 0 " \
+        "level / 1 slower." in text
     assert "| 4 | mil | uniform | 0,1 | 1.050 [" in text and "| RAD faster |" in text
     assert "| rad | mil | 1e-03 | 3e-03 | 3e-03 |" not in text and "| rad | mil | 0.5000 | **0.4000** | 3e-03 |" in text
     assert "| 2 | 0.800 | 0.9000 | 1 |  | 0.2000 |  | rad@k4 |" in text
