@@ -42,7 +42,7 @@ def plot_curves(curves: dict[tuple, Curves], strategies: list[str], resamples: i
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = png.with_name(f".{png.stem}.tmp.png")
+    tmp = png.with_name(f".{png.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, png)

@@ -19,7 +19,7 @@ from rad_megatron.study.tables import (accuracy_lines, comparison_lines, evidenc
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # --max-runs 0 may run beside
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -41,7 +41,7 @@ def publish(out: Path, folder: Path, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for f in report_files(name):
         if (out / f).is_file():
-            tmp = folder / f".{f}.tmp"
+            tmp = folder / f".{f}.{os.getpid()}.tmp"
             tmp.write_bytes((out / f).read_bytes())
             os.replace(tmp, folder / f)
 

@@ -36,7 +36,7 @@ def _check_folder(out: Path, cfg, force: bool) -> None:
     elif old is None and out.exists() and any(out.iterdir()) and not force:
         raise RadError(f"'{out}' is not empty and holds no study; choose another out=... or pass --force")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".study.json.tmp"
+    tmp = out / f".study.json.{os.getpid()}.tmp"  # another process may start beside
     tmp.write_text(json.dumps({"comparable": mine, "config": cfg.to_dict()}, indent=2))
     os.replace(tmp, marker)
 
@@ -83,7 +83,7 @@ class Timings:
 
     def add(self, phase: str, seconds: float) -> None:
         self.data[phase] = self.data.get(phase, 0.0) + seconds
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.data, indent=2))
         os.replace(tmp, self.path)
 

@@ -3,8 +3,10 @@ runs every case through `rad distill`'s own function): a tiny 4-block student wh
 only trainable ones) sit one on each pipeline stage, 4 steps of 2 micro-batches, the teacher live on its own ranks.
 
 Tolerances: layouts that only reorder floating-point sums (pipeline stages, a teacher split into stages, TP, DP,
-full recompute) must equal the TP1/PP1/DP1 reference to 1e-5 relative (losses, held-out KL, gradient norms) and
-1e-5 absolute on the final weights; a resume at the same layout is bit-exact; bf16 must track the fp32 held-out KL
+full recompute) must equal the TP1/PP1/DP1 reference to 1e-5 relative (losses, held-out KL, gradient norms; plus
+1e-7 absolute, because a held-out KL near 0, e.g. 0.002, is a difference of fp32 log-probabilities of size ~5 whose
+absolute precision is ~1e-7, seen as 1.5e-5 relative at TP 2 + SP on an AMD EPYC) and 1e-5 absolute on the final
+weights; a resume at the same layout is bit-exact; bf16 must track the fp32 held-out KL
 within 5% relative while both fall by more than half.
 """
 
@@ -18,6 +20,7 @@ from tests.helpers import ROOT, distill_inputs, torchrun
 
 WORKER = ROOT / "tests/distributed/workers/distill_layouts.py"
 KEYS = ("loss", "heldout_kl", "grad_norm", "teacher_ppl")
+ATOL = 1e-7  # fp32 precision of a KL computed from log-probabilities of size ~5 (module docstring)
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +40,15 @@ def _probe(d, name, rank):
 
 
 def _close(a, b, rel, steps=None):
-    """Same records (steps and kinds) and every KEYS value within `rel` relative; returns the largest deviation."""
+    """Same records (steps and kinds) and every KEYS value within `rel` relative (+ ATOL); returns the largest
+    relative deviation."""
     assert [(r["step"], "loss" in r) for r in a] == [(r["step"], "loss" in r) for r in b]
     worst = 0.0
     for x, y in zip(a, b):
         for k in KEYS:
             if k in x and (steps is None or x["step"] in steps):
                 dev = abs(x[k] - y[k]) / max(abs(x[k]), 1e-12)
-                assert dev <= rel, (k, x, y)
+                assert abs(x[k] - y[k]) <= rel * abs(x[k]) + ATOL, (k, dev, x, y)
                 worst = max(worst, dev)
     return worst
 
