@@ -4,6 +4,7 @@ is one line naming it and what is wrong, not a traceback from the parser."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from rad_megatron.errors import RadError
@@ -33,3 +34,12 @@ def torch_load(path, what: str, fix: str = "give the file again or re-create it"
         text = str(e).strip().splitlines()
         raise RadError(f"{what} '{path}' is corrupt ({type(e).__name__}{': ' + text[0][:120] if text else ''}); "
                        f"{fix}") from None
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Replace `path` with `text` in one step; the temporary name is per process, so two processes writing the same
+    file (e.g. `rad study --max-runs 0` beside a trainer) never share it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

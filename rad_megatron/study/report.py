@@ -12,20 +12,15 @@ import os
 import time
 from pathlib import Path
 
+from rad_megatron.files import write_text_atomic
 from rad_megatron.study.metrics import compare, final_values, gather_curves
 from rad_megatron.study.plot import plot_curves
 from rad_megatron.study.tables import (accuracy_lines, comparison_lines, evidence_lines, layer_lines, lr_lines,
                                        strategy_lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # --max-runs 0 may run beside
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -123,7 +118,7 @@ def write_report(out: Path, cfg, command: str, plan: dict, probe: dict, sources:
     """Every report file in `out` (and `cfg.report_dir`); returns the markdown path."""
     name, B = cfg.report_name, cfg.bootstrap
     write_jsonl(out / f"{name}.jsonl", rows)
-    _write_atomic(out / f"{name}_probe.json", json.dumps({"sources": sources, **probe}, indent=1))
+    write_text_atomic(out / f"{name}_probe.json", json.dumps({"sources": sources, **probe}, indent=1))
     curves = gather_curves(rows)
     plot_curves(curves, cfg.strategies, min(B, 500), out / f"{name}.png")
     cells = comparisons(curves, cfg.strategies, B)
@@ -159,7 +154,7 @@ def write_report(out: Path, cfg, command: str, plan: dict, probe: dict, sources:
         f"Raw metrics: `{name}.jsonl` (one line per training step and per evaluation of every grid run, with the "
         f"per-example held-out sums the intervals resample, and the LR-sweep runs' training steps).", ""]
     md = out / f"{name}.md"
-    _write_atomic(md, "\n".join(lines))
+    write_text_atomic(md, "\n".join(lines))
     if cfg.report_dir:
         publish(out, Path(cfg.report_dir), name)
     return md

@@ -11,21 +11,14 @@ their GSM8K accuracy cannot be measured (accuracy.limit > 0 needs them recompute
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
 from rad_megatron.errors import RadError
-from rad_megatron.files import read_json
+from rad_megatron.files import read_json, write_text_atomic
+from rad_megatron.study.report import write_jsonl
 
 RECORD = "restored.json"  # in the study folder: what came from where
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _source_files(prefix: Path) -> tuple[Path, Path]:
@@ -82,7 +75,7 @@ def _restore_probe(folder: Path, probe: Path, cfg) -> float | None:
     if not report.get("per_layer"):
         raise RadError(f"--restore {probe} has no per-layer probe scores; restore without it or re-run the probe")
     report = {k: v for k, v in report.items() if k != "sources"}
-    _write_atomic(target, json.dumps(report, indent=1))
+    write_text_atomic(target, json.dumps(report, indent=1))
     searches = report.get("searches", {}).values()
     return sum(report.get("seconds", {}).values()) + sum(s.get("seconds", {}).get("search", 0.0) for s in searches)
 
@@ -107,16 +100,17 @@ def restore_study(folder: Path, cfg, report: tuple[Path, Path, dict], log=print)
         run = folder / "runs" / ("sweep" if sweep else "") / name
         if (run / "done.json").is_file():
             continue
-        _write_atomic(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        run.mkdir(parents=True, exist_ok=True)
+        write_jsonl(run / "metrics.jsonl", rows)
         fields = {k: rows[0][k] for k in ("run", "strategy", "k", "init", "seed", "layers", "peak_lr")}
-        _write_atomic(run / "done.json", json.dumps({**fields, "seconds": None, "restored_from": str(jsonl),
+        write_text_atomic(run / "done.json", json.dumps({**fields, "seconds": None, "restored_from": str(jsonl),
                                                       "final": rows[-1]}, indent=2))
         written["sweep" if sweep else "grid"].append(name)
     record = folder / RECORD
     old = json.loads(record.read_text()) if record.is_file() else []
     entry = {"source": str(jsonl), "grid": written["grid"], "sweep": written["sweep"],
              "probe": str(probe) if probe_seconds is not None else None}
-    _write_atomic(record, json.dumps(old + [entry], indent=1))
+    write_text_atomic(record, json.dumps(old + [entry], indent=1))
     log(f"restored {len(written['grid'])} grid and {len(written['sweep'])} LR-sweep runs from {jsonl}"
         f"{' and the probe evidence' if probe_seconds is not None else ''}")
     return probe_seconds

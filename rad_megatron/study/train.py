@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from rad_megatron.distill.losses import distill_loss, gather_at, topk_kl, vocab_parallel_log_softmax
+from rad_megatron.files import write_text_atomic
 from rad_megatron.model.forward import position_ids_for
 from rad_megatron.model.layout import mixer_layer_index
 from rad_megatron.study.teacher import train_targets
@@ -48,12 +49,6 @@ class RunSpec:
 
 def is_done(folder: Path) -> bool:
     return (folder / "done.json").is_file()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -146,14 +141,14 @@ def train_run(base, spec: RunSpec, cfg, train: dict, held: dict, order: list[int
             log(f"{spec.name}: step {step}/{tc.steps} held-out KL {records[-1]['heldout_kl']:.4f}")
     opt.retire()
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     if heldout:
         tmp = folder / ".student_layers.pt.tmp"
         torch.save({"layers": list(spec.layers), "init": spec.init,
                     "state": swapped_layer_state(student, spec.layers)}, tmp)
         os.replace(tmp, folder / "student_layers.pt")
     done = {**spec.fields(), "seconds": time.perf_counter() - t0, "final": records[-1]}
-    _write_atomic(folder / "done.json", json.dumps(done, indent=2))
+    write_text_atomic(folder / "done.json", json.dumps(done, indent=2))
     return done
 
 
